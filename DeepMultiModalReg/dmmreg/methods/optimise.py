@@ -1,0 +1,284 @@
+"""Method ``optimise``: multi-resolution instance optimisation, no trained weights.
+
+1. Intensities normalised by robust percentiles; the moving image's centre of mass is aligned
+   with the fixed one (unless an initial affine is given).
+2. Affine: rotation, scaling, shear and translation about the fixed image centre, optimised
+   with Adam on a coarse-to-fine pyramid (default 8 mm then 4 mm).
+3. Deformable: a stationary velocity field parameterised by cubic B-spline control points
+   (003_2f2aa96e65959a3c.txt sec. 3.2.1: dense velocity by transposed convolution, displacement
+   by scaling and squaring), optimised on the same similarity plus a diffusion penalty on the
+   velocity (eq. 5), on a pyramid of image resolutions.  The field is evaluated on a grid
+   coarser than the images (the B-spline is smooth at the control spacing) and interpolated
+   linearly at the image points, which is also how the result is written and applied.
+
+The similarity is NMI with Gaussian Parzen windows (64 bins, sampled voxels; eqs. 1-3) by
+default; LNCC and MIND-SSC can be chosen (they use the whole level image instead of samples).
+Fixed and moving masks restrict the similarity to the fixed mask and to points that map into
+the moving mask.  Result: the resampling transform ``T(p) = A(p + u(p))`` and the inverse field.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .. import losses, regularisers, spatial
+from ..errors import InputError
+from ..image import Geometry, Image, normalise_intensity
+from ..result import RegistrationResult
+
+ProgressCallback = Callable[[str, float, str], None]
+
+
+@dataclass(frozen=True)
+class OptimiseSettings:
+    """Settings of :func:`register_optimise`; lengths in mm."""
+
+    similarity: str = "nmi"  # nmi | lncc | mind
+    # pyramids end at the image resolution: multi-modal NMI optima at coarse levels are biased
+    # (e.g. T1's dark CSF merges with the background once smoothed), so the last level decides
+    affine_levels_mm: tuple[float, ...] = (8.0, 4.0, 2.0, 1.0)
+    affine_iterations: tuple[int, ...] = (80, 40, 30, 30)
+    deformable_levels_mm: tuple[float, ...] = (4.0, 2.0, 1.0)
+    deformable_iterations: tuple[int, ...] = (60, 30, 30)
+    control_spacing_mm: float = 10.0
+    field_spacing_mm: float = 5.0
+    regularisation: float = 0.5
+    integration_steps: int = 5
+    samples: int = 40_000
+    bins: int = 64
+    margin_mm: float = 10.0
+    deformable: bool = True
+    seed: int = 0
+
+
+QUALITY_PRESETS = {
+    "fast": dict(affine_iterations=(60, 30, 20, 15), deformable_iterations=(40, 20, 15), samples=20_000),
+    "balanced": {},
+    "accurate": dict(affine_iterations=(100, 60, 40, 40), deformable_iterations=(100, 60, 50), samples=80_000, field_spacing_mm=3.33),
+}
+
+
+def settings_for(quality: str = "balanced", **overrides) -> OptimiseSettings:
+    """Settings of a named speed/accuracy preset ("fast", "balanced", "accurate") with overrides."""
+    if quality not in QUALITY_PRESETS:
+        raise InputError(f"unknown quality {quality!r}; choose one of {', '.join(QUALITY_PRESETS)}")
+    return replace(OptimiseSettings(), **QUALITY_PRESETS[quality], **overrides)
+
+
+@dataclass
+class _Level:
+    """One pyramid level: fixed and moving images (normalised, smoothed) at one resolution."""
+
+    fixed: torch.Tensor
+    fixed_geometry: Geometry
+    fixed_weight: torch.Tensor | None
+    moving: torch.Tensor  # channel 0 image, channel 1 moving mask (or ones)
+    moving_geometry: Geometry
+    points: torch.Tensor  # (N, dim) physical points of fixed voxels with weight > 0
+    values: torch.Tensor  # (N,) fixed intensities there
+    point_weights: torch.Tensor  # (N,)
+
+
+def _tensor(array: np.ndarray, device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)[None, None]
+
+
+def _make_level(fixed_t, fixed: Image, fixed_mask_t, moving_t, moving: Image, spacing: float, device) -> _Level:
+    fg = fixed.geometry.with_spacing(spacing)
+    mg = moving.geometry.with_spacing(spacing)
+    f = spatial.resample_image(fixed_t, fixed.geometry, fg)
+    m = spatial.resample_image(moving_t, moving.geometry, mg)
+    fw = None if fixed_mask_t is None else (spatial.resample_image(fixed_mask_t, fixed.geometry, fg, mode="nearest") > 0.5).float()
+    points = spatial.grid_points(fg, device=device).reshape(-1, fg.dim)
+    values = f.reshape(-1)
+    weights = torch.ones_like(values) if fw is None else fw.reshape(-1)
+    # sample where there is something to align: the (dilated) foreground, or the mask
+    keep = (weights > 0) & (_foreground(f, margin_mm=2 * spacing, spacing=spacing).reshape(-1) if fw is None else True)
+    return _Level(f, fg, fw, m, mg, points[keep], values[keep], weights[keep])
+
+
+def _foreground(image: torch.Tensor, margin_mm: float, spacing: float, threshold: float = 0.02) -> torch.Tensor:
+    """Voxels brighter than ``threshold`` (normalised intensity), dilated by ``margin_mm`` so the
+    object's boundary and a band of background around it stay in."""
+    radius = max(1, int(round(margin_mm / spacing)))
+    pool = torch.nn.functional.max_pool3d if image.ndim == 5 else torch.nn.functional.max_pool2d
+    return pool((image > threshold).float(), 2 * radius + 1, stride=1, padding=radius) > 0
+
+
+def _centre_of_mass(image: torch.Tensor, geometry: Geometry) -> np.ndarray:
+    points = spatial.grid_points(geometry, device=image.device).reshape(-1, geometry.dim)
+    w = image.reshape(-1)
+    return ((points * w[:, None]).sum(0) / w.sum().clamp_min(1e-6)).double().cpu().numpy()
+
+
+class _Similarity:
+    """Similarity of the fixed level image and the moving one seen through a transform."""
+
+    def __init__(self, kind: str, level: _Level, samples: int, bins: int, generator: torch.Generator):
+        if kind not in ("nmi", "lncc", "mind"):
+            raise InputError(f"unknown similarity {kind!r}; choose nmi, lncc or mind")
+        self.kind, self.level, self.samples, self.bins, self.generator = kind, level, samples, bins, generator
+
+    def __call__(self, mapping: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``mapping`` takes fixed points ``(1, ..., dim)`` to moving points; returns the loss."""
+        lv = self.level
+        if self.kind == "nmi":
+            n = lv.points.shape[0]
+            if n > self.samples:
+                idx = torch.randint(n, (self.samples,), generator=self.generator, device="cpu").to(lv.points.device)
+                pts, vals, wts = lv.points[idx], lv.values[idx], lv.point_weights[idx]
+            else:
+                pts, vals, wts = lv.points, lv.values, lv.point_weights
+            sampled = spatial.sample(lv.moving, lv.moving_geometry, mapping(pts[None]))
+            moved, inside = sampled[0, 0].reshape(-1), sampled[0, 1].reshape(-1)
+            return -losses.normalised_mutual_information(vals[None], moved[None], (wts * inside)[None], self.bins)[0]
+        pts = spatial.grid_points(lv.fixed_geometry, device=lv.fixed.device)[None]
+        sampled = spatial.sample(lv.moving, lv.moving_geometry, mapping(pts))
+        moved, inside = sampled[:, :1], sampled[:, 1:]
+        weight = inside if lv.fixed_weight is None else inside * lv.fixed_weight
+        measure = losses.local_normalised_cross_correlation if self.kind == "lncc" else losses.mind_similarity
+        return -measure(lv.fixed, moved, weight)[0]
+
+
+def _cosine_lr(optimiser, base: list[float], step: int, total: int) -> None:
+    factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+    for group, lr in zip(optimiser.param_groups, base):
+        group["lr"] = lr * factor
+
+
+def register_optimise(
+    fixed: Image,
+    moving: Image,
+    fixed_mask: Image | None = None,
+    moving_mask: Image | None = None,
+    device: str | torch.device = "cpu",
+    settings: OptimiseSettings = OptimiseSettings(),
+    initial_affine: np.ndarray | None = None,
+    progress: ProgressCallback | None = None,
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed``; see the module docstring.  ``progress(stage, fraction,
+    message)`` is called along the way and may raise :class:`dmmreg.errors.Cancelled`."""
+    start = time.perf_counter()
+    report = progress or (lambda *_: None)
+    device = torch.device(device)
+    dim = fixed.dim
+    generator = torch.Generator().manual_seed(settings.seed)
+
+    report("preprocess", 0.0, "normalising intensities and building the image pyramid")
+    fixed_t = _tensor(normalise_intensity(fixed.array, None if fixed_mask is None else fixed_mask.array), device)
+    moving_norm = _tensor(normalise_intensity(moving.array, None if moving_mask is None else moving_mask.array), device)
+    moving_inside = torch.ones_like(moving_norm) if moving_mask is None else _tensor(moving_mask.array > 0, device)
+    moving_t = torch.cat([moving_norm, moving_inside], dim=1)
+    fixed_mask_t = None if fixed_mask is None else _tensor(fixed_mask.array > 0, device)
+
+    levels_mm = sorted(set(settings.affine_levels_mm) | set(settings.deformable_levels_mm), reverse=True)
+    levels = {s: _make_level(fixed_t, fixed, fixed_mask_t, moving_t, moving, s, device) for s in levels_mm}
+    if any(lv.points.shape[0] < 8 for lv in levels.values()):
+        raise InputError("the fixed mask selects (almost) no voxels; check the fixed mask")
+
+    if initial_affine is None:
+        coarsest = levels[levels_mm[0]]
+        shift = _centre_of_mass(coarsest.moving[:, :1] * coarsest.moving[:, 1:], coarsest.moving_geometry) - _centre_of_mass(
+            coarsest.fixed if coarsest.fixed_weight is None else coarsest.fixed * coarsest.fixed_weight, coarsest.fixed_geometry)
+        initial_affine = np.eye(dim + 1)
+        initial_affine[:dim, dim] = shift
+    initial = torch.as_tensor(initial_affine, dtype=torch.float32, device=device)
+
+    # ---- affine stage ------------------------------------------------------------------------
+    n_rot = 1 if dim == 2 else 3
+    params = {
+        "translation": torch.zeros(dim, device=device, requires_grad=True),
+        "angles": torch.zeros(n_rot, device=device, requires_grad=True),
+        "log_scale": torch.zeros(dim, device=device, requires_grad=True),
+        "shear": torch.zeros(n_rot, device=device, requires_grad=True),
+    }
+    centre = fixed.geometry.centre
+
+    def affine_now() -> torch.Tensor:
+        return initial @ spatial.affine_matrix(centre, params["translation"], params["angles"], params["log_scale"], params["shear"])
+
+    total_steps = sum(settings.affine_iterations) + (sum(settings.deformable_iterations) if settings.deformable else 0)
+    done = 0
+    for spacing, iterations in zip(settings.affine_levels_mm, settings.affine_iterations):
+        similarity = _Similarity(settings.similarity, levels[spacing], settings.samples, settings.bins, generator)
+        base = [0.25 * spacing, 0.004 * spacing, 0.002 * spacing, 0.002 * spacing]
+        optimiser = torch.optim.Adam(
+            [{"params": [params[k]], "lr": lr} for k, lr in zip(("translation", "angles", "log_scale", "shear"), base)]
+        )
+        for step in range(iterations):
+            _cosine_lr(optimiser, base, step, iterations)
+            optimiser.zero_grad()
+            a = affine_now()
+            loss = similarity(lambda p: spatial.apply_matrix(p, a))
+            loss.backward()
+            optimiser.step()
+            done += 1
+            if step % 10 == 0 or step == iterations - 1:
+                report("affine", done / total_steps, f"affine {spacing:g} mm: step {step + 1}/{iterations}, similarity {-loss.item():.4f}")
+    affine = affine_now().detach()
+
+    result = RegistrationResult(
+        fixed_geometry=fixed.geometry,
+        moving_geometry=moving.geometry,
+        affine=affine.double().cpu().numpy(),
+        method="optimise",
+        settings=asdict(settings),
+    )
+    if settings.deformable and sum(settings.deformable_iterations) > 0:
+        _deformable_stage(result, levels, settings, affine, generator, report, done, total_steps, device)
+    result.seconds = time.perf_counter() - start
+    report("done", 1.0, f"registration finished in {result.seconds:.1f} s")
+    return result
+
+
+def _deformable_stage(result, levels, settings, affine, generator, report, done, total_steps, device) -> None:
+    """Optimise the B-spline SVF; stores the field and its inverse in ``result``."""
+    fixed_geometry = result.fixed_geometry
+    control = spatial.control_grid(fixed_geometry.with_margin(settings.margin_mm), settings.control_spacing_mm)
+    stride = max(1, int(round(settings.control_spacing_mm / settings.field_spacing_mm)))
+    field_geometry = spatial.dense_grid(control, stride)
+    coefficients = torch.zeros(1, fixed_geometry.dim, *control.shape, device=device, requires_grad=True)
+
+    def velocity() -> torch.Tensor:
+        return spatial.bspline_to_dense(coefficients, stride)
+
+    optimiser = torch.optim.Adam([coefficients], lr=0.0)
+    for spacing, iterations in zip(settings.deformable_levels_mm, settings.deformable_iterations):
+        similarity = _Similarity(settings.similarity, levels[spacing], settings.samples, settings.bins, generator)
+        base = [0.05 * settings.control_spacing_mm]
+        for step in range(iterations):
+            _cosine_lr(optimiser, base, step, iterations)
+            optimiser.zero_grad()
+            v = velocity()
+            u = spatial.integrate_velocity(v, field_geometry, settings.integration_steps)
+
+            def mapping(p, u=u):
+                return spatial.apply_matrix(p + spatial.field_at(u, field_geometry, p), affine)
+
+            loss = similarity(mapping) + settings.regularisation * regularisers.diffusion(v, field_geometry)[0]
+            loss.backward()
+            optimiser.step()
+            done += 1
+            if step % 10 == 0 or step == iterations - 1:
+                report("deformable", done / total_steps, f"deformable {spacing:g} mm: step {step + 1}/{iterations}, loss {loss.item():.4f}")
+
+    with torch.no_grad():
+        v = velocity()
+        u = spatial.integrate_velocity(v, field_geometry, settings.integration_steps)
+        w = spatial.integrate_velocity(-v, field_geometry, settings.integration_steps)
+    result.field_geometry = field_geometry
+    result.displacement = spatial.to_channels_last(u)[0].double().cpu().numpy()
+    result.inverse_displacement = spatial.to_channels_last(w)[0].double().cpu().numpy()
+
+
+def register(fixed, moving, fixed_mask=None, moving_mask=None, device="cpu", quality="balanced",
+             initial_affine=None, progress=None, **overrides) -> RegistrationResult:
+    """Entry point of the method registry: :func:`register_optimise` with a quality preset."""
+    return register_optimise(fixed, moving, fixed_mask, moving_mask, device, settings_for(quality, **overrides),
+                             initial_affine, progress)

@@ -1,0 +1,94 @@
+"""``register_pair``: checks the inputs, picks the device and runs a method by name."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+from .image import Image, check_image
+from .methods import method_function
+from .result import RegistrationResult
+
+
+def select_device(name: str = "auto"):
+    """torch device for ``name`` ("auto": CUDA when available, else CPU)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def _mask_on(mask: Image | None, image: Image, what: str) -> Image | None:
+    """A mask on its image's grid (resampled by nearest neighbour when it has another grid)."""
+    if mask is None:
+        return None
+    if mask.dim != image.dim:
+        raise InputError(f"{what} is {mask.dim}D but its image is {image.dim}D")
+    if mask.geometry != image.geometry:
+        identity = RegistrationResult(image.geometry, mask.geometry, np.eye(image.dim + 1))
+        mask = identity.warp(mask, mode="nearest")
+    if not np.any(mask.array > 0):
+        raise InputError(f"{what} is empty (no voxel > 0) over its image; check the mask")
+    return mask
+
+
+def overlap_fraction(fixed: Image, moving: Image, affine: np.ndarray) -> float:
+    """Fraction of a coarse lattice of fixed-image points that the affine maps inside the moving image."""
+    g = fixed.geometry
+    axes = [np.linspace(0, n - 1, 9) for n in g.size]
+    index = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, g.dim)
+    points = g.physical_points(index)
+    mapped = points @ affine[: g.dim, : g.dim].T + affine[: g.dim, g.dim]
+    m = moving.geometry
+    cont = mapped @ m.physical_to_index[: g.dim, : g.dim].T + m.physical_to_index[: g.dim, g.dim]
+    inside = np.all((cont >= -0.5) & (cont <= np.asarray(m.size) - 0.5), axis=1)
+    return float(inside.mean())
+
+
+def check_pair(fixed: Image, moving: Image, initial_affine: np.ndarray | None = None) -> None:
+    """Raise ``InputError`` when the pair cannot be registered (names the problem and the fix)."""
+    check_image(fixed, "the fixed image")
+    check_image(moving, "the moving image")
+    if fixed.dim != moving.dim:
+        raise InputError(
+            f"the fixed image is {fixed.dim}D and the moving image {moving.dim}D; register images "
+            "of the same dimension (extract a slice, or register a 3D volume to a 3D volume)"
+        )
+    affine = np.eye(fixed.dim + 1) if initial_affine is None else initial_affine
+    if overlap_fraction(fixed, moving, affine) == 0:
+        raise InputError(
+            "the fixed and moving images do not overlap in physical space; check their origins "
+            "and orientation, or give an initial transform that brings them together"
+        )
+
+
+def register_pair(
+    fixed: Image,
+    moving: Image,
+    method: str = "optimise",
+    fixed_mask: Image | None = None,
+    moving_mask: Image | None = None,
+    device: str = "auto",
+    quality: str = "balanced",
+    initial_affine: np.ndarray | None = None,
+    progress=None,
+    **settings,
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with method ``method``.
+
+    Returns the resampling transform ``T(p) = A(p + u(p))`` (fixed-space LPS point to moving-space
+    point, mm) with its inverse field.  ``progress(stage, fraction, message)`` is called along the
+    way and may raise :class:`dmmreg.errors.Cancelled` to stop.  The inputs are not modified."""
+    register = method_function(method)
+    check_pair(fixed, moving, initial_affine)
+    fixed_mask = _mask_on(fixed_mask, fixed, "the fixed mask")
+    moving_mask = _mask_on(moving_mask, moving, "the moving mask")
+    return register(
+        fixed, moving, fixed_mask=fixed_mask, moving_mask=moving_mask, device=select_device(device),
+        quality=quality, initial_affine=initial_affine, progress=progress, **settings,
+    )

@@ -1,0 +1,135 @@
+"""The result of a registration, in physical space, independent of the method that made it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .image import Geometry, Image
+
+
+@dataclass
+class RegistrationResult:
+    """Resampling transform ``T(p) = A(p + u(p))`` from fixed-space to moving-space points (LPS, mm).
+
+    * ``affine``: homogeneous ``(dim+1, dim+1)`` matrix ``A``.
+    * ``displacement``: ``u`` as an array ``(*field_geometry.shape, dim)`` (mm, components x, y, z)
+      sampled on ``field_geometry`` (fixed space, covering the fixed image with a margin), or
+      ``None`` for an affine-only result.  Between samples ``u`` is linearly interpolated, as ITK
+      and VTK do with a displacement-field transform.
+    * ``inverse_displacement``: ``w`` on the same grid with ``(id + w) = (id + u)^-1``, so that
+      ``T^-1(q) = A^-1(q) + w(A^-1(q))``; ``None`` if not computed.
+    * ``synthesised``: images a method produced along the way (e.g. the moving image rendered
+      in the fixed contrast), keyed by a short name.
+    """
+
+    fixed_geometry: Geometry
+    moving_geometry: Geometry
+    affine: np.ndarray
+    field_geometry: Geometry | None = None
+    displacement: np.ndarray | None = None
+    inverse_displacement: np.ndarray | None = None
+    method: str = ""
+    settings: dict = field(default_factory=dict)
+    synthesised: dict[str, Image] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def dim(self) -> int:
+        return self.fixed_geometry.dim
+
+    def _field_tensor(self, inverse: bool = False):
+        """The (inverse) field as a float64 tensor ``(1, dim, *shape)``, or None."""
+        import torch
+
+        from . import spatial
+
+        u = self.inverse_displacement if inverse else self.displacement
+        if u is None:
+            return None
+        return spatial.to_channels_first(torch.from_numpy(np.asarray(u, dtype=np.float64))[None])
+
+    def resampling_points(self, points: np.ndarray) -> np.ndarray:
+        """``T(p)`` for physical fixed-space points ``(..., dim)``."""
+        import torch
+
+        from . import spatial
+
+        p = torch.from_numpy(np.asarray(points, dtype=np.float64)).reshape(1, -1, self.dim)
+        u = self._field_tensor()
+        if u is not None:
+            p = p + spatial.field_at(u, self.field_geometry, p)
+        q = spatial.apply_matrix(p, self.affine)
+        return q.reshape(np.shape(points)).numpy()
+
+    def inverse_points(self, points: np.ndarray) -> np.ndarray:
+        """``T^-1(q)`` for physical moving-space points ``(..., dim)`` (needs the inverse field)."""
+        if self.displacement is not None and self.inverse_displacement is None:
+            raise ValueError("this result has no inverse field; register with the inverse requested")
+        import torch
+
+        from . import spatial
+
+        q = torch.from_numpy(np.asarray(points, dtype=np.float64)).reshape(1, -1, self.dim)
+        p = spatial.apply_matrix(q, np.linalg.inv(self.affine))
+        w = self._field_tensor(inverse=True)
+        if w is not None:
+            p = p + spatial.field_at(w, self.field_geometry, p)
+        return p.reshape(np.shape(points)).numpy()
+
+    def resampling_displacement(self, geometry: Geometry) -> np.ndarray:
+        """``T(p) - p`` on the voxels of ``geometry`` (fixed space): the whole transform as one
+        displacement field, ``(*geometry.shape, dim)``."""
+        points = _grid_points(geometry)
+        return self.resampling_points(points) - points
+
+    def inverse_resampling_displacement(self, geometry: Geometry) -> np.ndarray:
+        """``T^-1(q) - q`` on the voxels of ``geometry`` (moving space)."""
+        points = _grid_points(geometry)
+        return self.inverse_points(points) - points
+
+    def warp(self, moving: Image, mode: str = "linear", inverse: bool = False) -> Image:
+        """Moving image resampled on the fixed grid (``inverse``: fixed image on the moving grid).
+
+        Matches ``SimpleITK.Resample`` with the same transform: float64 arithmetic (a zero
+        displacement returns the input exactly), points within half a voxel outside the input
+        take the edge value, points further out 0.  ``mode``: "linear" for intensities,
+        "nearest" for label maps."""
+        import torch
+
+        from . import spatial
+
+        source, target = (self.fixed_geometry, self.moving_geometry) if inverse else (self.moving_geometry, self.fixed_geometry)
+        points = _grid_points(target)
+        mapped = torch.from_numpy(self.inverse_points(points) if inverse else self.resampling_points(points))
+        volume = torch.from_numpy(np.asarray(moving.array, dtype=np.float64))[None, None]
+        out = spatial.sample(volume, source, mapped[None], mode=mode, padding="border")[0, 0]
+        index = spatial.apply_matrix(mapped, source.physical_to_index)
+        size = torch.tensor(source.size, dtype=index.dtype)
+        inside = ((index >= -0.5) & (index <= size - 0.5)).all(dim=-1)
+        out = torch.where(inside, out, torch.zeros_like(out)).numpy()
+        if mode == "nearest":
+            return Image(np.rint(out).astype(moving.array.dtype) if np.issubdtype(moving.array.dtype, np.integer)
+                         else out.astype(moving.array.dtype), target)
+        return Image(out.astype(np.float32), target)
+
+    def jacobian_determinant(self, geometry: Geometry | None = None) -> Image:
+        """det of the Jacobian of ``T`` (affine included) on ``geometry`` (default: the fixed grid)."""
+        import torch
+
+        from . import spatial
+
+        geometry = geometry or self.fixed_geometry
+        disp = torch.from_numpy(self.resampling_displacement(geometry))
+        det = spatial.jacobian_determinant(spatial.to_channels_first(disp[None]), geometry)[0]
+        return Image(det.numpy().astype(np.float32), geometry)
+
+
+def _grid_points(geometry: Geometry) -> np.ndarray:
+    """Physical points of every voxel of ``geometry`` (float64, ``(*shape, dim)``)."""
+    import torch
+
+    from . import spatial
+
+    return spatial.grid_points(geometry, dtype=torch.float64).numpy()

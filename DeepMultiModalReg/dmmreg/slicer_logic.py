@@ -1,0 +1,618 @@
+"""Logic of the Registration module: MRML nodes in, a background ``dmmreg register`` process,
+MRML nodes out.  Works on a slicer-core scene without Qt; the module's widget only calls it.
+
+* :meth:`RegistrationLogic.start` checks the inputs (raising ``InputError`` before anything is
+  written or added), exports them to a temporary folder and starts the backend in a separate
+  process; it returns a run whose ``poll()`` never blocks (a GUI calls it on a timer).
+* Nodes are added to the scene only in ``finish()``, after the process succeeded, so a
+  cancelled or failed run leaves the scene as it was.  Input nodes are never modified.
+* Sequences (4D): every frame is registered to a reference frame or a fixed volume, one process
+  after another, giving a transform sequence, a warped sequence and a browser node.
+
+Needs slicer-core; torch only runs in the background process.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from . import mrml
+from .background import BackgroundProcess, Progress
+from .errors import InputError
+from .image import Image, check_image, physical_overlap_fraction, read_image, write_image
+
+QUALITIES = ("fast", "balanced", "accurate")
+DEVICES = ("auto", "cpu", "cuda")
+#: Below this fraction of the fixed volume covered by the moving one, inputs count as not overlapping.
+MINIMUM_OVERLAP = 0.01
+
+
+class RegistrationFailed(RuntimeError):
+    """The background registration ended with an error; the message is the backend's."""
+
+
+@dataclass
+class RegistrationParameters:
+    """Everything a registration needs; the module's parameter node holds the same fields."""
+
+    fixed_volume: object = None
+    moving_volume: object = None
+    fixed_mask: object = None
+    moving_mask: object = None
+    initial_transform: object = None
+    method: str = "optimise"
+    model: str = ""
+    device: str = "auto"
+    quality: str = "balanced"
+    output_transform: bool = True
+    composed_transform: bool = False
+    output_warped_volume: bool = True
+    output_inverse_transform: bool = False
+
+    @classmethod
+    def from_object(cls, source) -> RegistrationParameters:
+        """Copy the same-named attributes of ``source`` (e.g. the module's parameter node)."""
+        return cls(**{f.name: getattr(source, f.name) for f in fields(cls) if hasattr(source, f.name)})
+
+    def settings(self) -> dict:
+        """The non-node settings, as stored in the result nodes' attributes."""
+        return {"method": self.method, "model": self.model, "device": self.device, "quality": self.quality}
+
+
+# --------------------------------------------------------------------------------------------
+# Background process command
+
+
+def backend_python() -> str:
+    """Interpreter for the background process: ``PythonSlicer`` inside Slicer, else this one."""
+    if "slicer" in sys.modules and hasattr(sys.modules["slicer"], "app"):
+        found = shutil.which("PythonSlicer", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+        if found:
+            return found
+    return sys.executable
+
+
+def backend_environment() -> dict[str, str]:
+    """Environment in which ``python -m dmmreg`` finds this package (the module's Lib folder)."""
+    env = dict(os.environ)
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_backend(arguments: list[str], python: str | None = None) -> BackgroundProcess:
+    """Start ``python -m dmmreg <arguments>`` in the background."""
+    return BackgroundProcess([python or backend_python(), "-m", "dmmreg", *arguments], env=backend_environment())
+
+
+GPU_PROBE = (
+    "import json, torch\n"
+    "gpus = [dict(name=torch.cuda.get_device_name(i), memory=torch.cuda.get_device_properties(i).total_memory)"
+    " for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []\n"
+    "print(json.dumps(gpus))\n"
+)
+
+
+def start_gpu_probe(python: str | None = None) -> BackgroundProcess:
+    """Ask torch in a background interpreter which CUDA GPUs there are (keeps torch out of Slicer);
+    read the answer with :func:`device_choices`."""
+    return BackgroundProcess([python or backend_python(), "-c", GPU_PROBE], env=backend_environment())
+
+
+def device_choices(probe_output: list[str] | None) -> list[tuple[str, str]]:
+    """``[(device, label)]`` for the device chooser; the CUDA entry names the GPU and its memory.
+
+    ``probe_output``: log lines of a finished :func:`start_gpu_probe` (``None``: not known yet)."""
+    import json
+
+    choices = [("auto", "Automatic"), ("cpu", "CPU")]
+    for line in reversed(probe_output or []):
+        try:
+            gpus = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(gpus, list) and gpus:
+            gpu = gpus[0]
+            choices.append(("cuda", f"CUDA: {gpu['name']} ({gpu['memory'] / 2**30:.0f} GiB)"))
+        break
+    return choices
+
+
+# --------------------------------------------------------------------------------------------
+# Checking inputs
+
+
+@dataclass
+class PairInputs:
+    """Checked images of one registration, in the form the backend gets them (LPS; 2D plane
+    coordinates for single-slice volumes, with their planes)."""
+
+    fixed: Image
+    moving: Image
+    fixed_mask: Image | None = None
+    moving_mask: Image | None = None
+    initial_affine_lps: np.ndarray | None = None
+    fixed_geometry_3d: object = None
+    moving_geometry_3d: object = None
+    fixed_plane: mrml.Plane | None = None
+    moving_plane: mrml.Plane | None = None
+
+
+def check_pair(fixed: Image, moving: Image, fixed_name: str, moving_name: str,
+               initial_affine_lps: np.ndarray | None = None) -> PairInputs:
+    """Raise ``InputError`` for images that cannot be registered; return them ready for the backend."""
+    check_image_or_slice(fixed, f"the fixed volume '{fixed_name}'")
+    check_image_or_slice(moving, f"the moving volume '{moving_name}'")
+    fixed_2d, moving_2d = mrml.is_single_slice(fixed.geometry), mrml.is_single_slice(moving.geometry)
+    if fixed_2d != moving_2d:
+        kinds = {True: "2D (a single slice)", False: "3D"}
+        raise InputError(
+            f"the fixed volume '{fixed_name}' is {kinds[fixed_2d]} but the moving volume '{moving_name}' is "
+            f"{kinds[moving_2d]}; register volumes of the same dimension"
+        )
+    moving_placed = moving.geometry
+    if initial_affine_lps is not None:
+        # the initial resampling transform maps fixed points to moving points: view the moving
+        # volume through its inverse to see where it lands in fixed space
+        placed = np.linalg.inv(initial_affine_lps) @ moving.geometry.index_to_physical
+        moving_placed = mrml.geometry_from_ijk_to_ras(mrml.LPS_FROM_RAS @ placed, moving.geometry.size)
+    overlap = physical_overlap_fraction(_thick(fixed.geometry), _thick(moving_placed))
+    if overlap < MINIMUM_OVERLAP:
+        raise InputError(
+            f"the moving volume '{moving_name}' does not overlap the fixed volume '{fixed_name}' "
+            f"({overlap:.0%} of it is covered); place it roughly on the fixed volume first "
+            "(Transforms module) or give an initial transform"
+        )
+    inputs = PairInputs(fixed, moving, initial_affine_lps=initial_affine_lps,
+                        fixed_geometry_3d=fixed.geometry, moving_geometry_3d=moving.geometry)
+    if fixed_2d:
+        if initial_affine_lps is not None:
+            raise InputError("an initial transform is not supported for single-slice (2D) volumes")
+        inputs.fixed, inputs.fixed_plane = mrml.split_plane(fixed)
+        inputs.moving, inputs.moving_plane = mrml.split_plane(moving)
+    return inputs
+
+
+def check_image_or_slice(image: Image, what: str) -> None:
+    """:func:`check_image` that accepts a single slice (size 1 along k)."""
+    if mrml.is_single_slice(image.geometry):
+        image = mrml.split_plane(image)[0]
+    check_image(image, what)
+
+
+def _thick(geometry):
+    """A single-slice geometry grown to a slab one slice thick on each side (so it has a volume)."""
+    return geometry.with_margin(geometry.spacing[2]) if mrml.is_single_slice(geometry) else geometry
+
+
+def _checked_mask(mask_node, reference_node, what: str, inputs_plane: mrml.Plane | None) -> Image | None:
+    if mask_node is None:
+        return None
+    mask = mrml.mask_from_node(mask_node, reference_node, what)
+    if inputs_plane is None:
+        return mask
+    if not mrml.is_single_slice(mask.geometry):
+        raise InputError(f"the {what} '{mask_node.GetName()}' must be a single slice like its volume")
+    plane_mask, plane = mrml.split_plane(mask)
+    if not plane.same_as(inputs_plane):
+        raise InputError(f"the {what} '{mask_node.GetName()}' must lie in the plane of its volume")
+    return plane_mask
+
+
+def initial_affine_of(transform_node) -> np.ndarray | None:
+    """LPS resampling matrix (fixed to moving) of the optional initial transform node."""
+    return None if transform_node is None else mrml.resampling_matrix_lps(transform_node)
+
+
+def check_settings(parameters: RegistrationParameters) -> None:
+    """``InputError`` for an unknown quality or device."""
+    if parameters.quality not in QUALITIES:
+        raise InputError(f"quality must be one of {', '.join(QUALITIES)}, not '{parameters.quality}'")
+    if parameters.device not in DEVICES:
+        raise InputError(f"device must be one of {', '.join(DEVICES)}, not '{parameters.device}'")
+
+
+def check_parameters(parameters: RegistrationParameters) -> PairInputs:
+    """Read and check the input nodes; ``InputError`` names the problem and changes nothing."""
+    p = parameters
+    if p.fixed_volume is None or p.moving_volume is None:
+        raise InputError("select both a fixed and a moving volume")
+    if p.fixed_volume is p.moving_volume:
+        raise InputError("the fixed and moving volumes are the same node; select two volumes")
+    check_settings(p)
+    if not (p.output_transform or p.output_warped_volume or p.output_inverse_transform):
+        raise InputError("choose at least one output (transform, warped volume or inverse transform)")
+    fixed = mrml.image_from_volume_node(p.fixed_volume, "fixed volume")
+    moving = mrml.image_from_volume_node(p.moving_volume, "moving volume")
+    inputs = check_pair(fixed, moving, p.fixed_volume.GetName(), p.moving_volume.GetName(),
+                        initial_affine_of(p.initial_transform))
+    inputs.fixed_mask = _checked_mask(p.fixed_mask, p.fixed_volume, "fixed mask", inputs.fixed_plane)
+    inputs.moving_mask = _checked_mask(p.moving_mask, p.moving_volume, "moving mask", inputs.moving_plane)
+    return inputs
+
+
+# --------------------------------------------------------------------------------------------
+# One registration in a background process (files in, files out)
+
+
+class RegistrationJob:
+    """One ``dmmreg register`` process on checked inputs, in its own temporary folder."""
+
+    def __init__(self, inputs: PairInputs, parameters: RegistrationParameters, python: str | None = None):
+        self.inputs = inputs
+        self.parameters = parameters
+        self.folder = tempfile.mkdtemp(prefix="dmmreg-")
+        self.error_message = ""
+        self.paths = {name: os.path.join(self.folder, name) for name in
+                      ("fixed.nii.gz", "moving.nii.gz", "fixed-mask.nii.gz", "moving-mask.nii.gz",
+                       "initial.tfm", "transform.h5", "inverse.h5", "warped.nii.gz")}
+        try:
+            self.process = start_backend(self._arguments(), python)
+        except BaseException:
+            self.remove_files()
+            raise
+
+    def _arguments(self) -> list[str]:
+        inputs, p, path = self.inputs, self.parameters, self.paths
+        write_image(inputs.fixed, path["fixed.nii.gz"])
+        write_image(inputs.moving, path["moving.nii.gz"])
+        args = ["register", "--fixed", path["fixed.nii.gz"], "--moving", path["moving.nii.gz"],
+                "--output-transform", path["transform.h5"], "--method", p.method,
+                "--device", p.device, "--quality", p.quality, "--progress", "json"]
+        if p.output_warped_volume:
+            args += ["--output-volume", path["warped.nii.gz"]]
+        if p.output_inverse_transform:
+            args += ["--output-inverse-transform", path["inverse.h5"]]
+        for key, option in (("fixed_mask", "--fixed-mask"), ("moving_mask", "--moving-mask")):
+            mask = getattr(inputs, key)
+            if mask is not None:
+                name = key.replace("_", "-") + ".nii.gz"
+                write_image(mask, path[name])
+                args += [option, path[name]]
+        if inputs.initial_affine_lps is not None:
+            from .transform_io import affine_to_sitk
+            import SimpleITK as sitk
+
+            sitk.WriteTransform(affine_to_sitk(inputs.initial_affine_lps), path["initial.tfm"])
+            args += ["--initial-transform", path["initial.tfm"]]
+        return args
+
+    def poll(self) -> list[tuple[str, object]]:
+        """New events (``("progress", Progress)`` / ``("log", str)``); keeps the backend's error message."""
+        events = self.process.poll()
+        for kind, value in events:
+            if kind == "log" and value.startswith("error:"):
+                self.error_message = value[len("error:"):].strip()
+            elif kind == "progress" and value.stage == "error":
+                self.error_message = value.message
+        return events
+
+    @property
+    def finished(self) -> bool:
+        return self.process.returncode is not None
+
+    def failure(self) -> str | None:
+        """The backend's message when the finished process failed, else ``None``."""
+        returncode = self.process.returncode
+        if returncode == 0 or returncode is None:
+            return None
+        if self.error_message:
+            return self.error_message
+        lines = [line for line in self.process.stderr.splitlines() if line.strip()]
+        return lines[-1] if lines else f"the registration process ended with exit code {returncode}"
+
+    def read_outputs(self):
+        """``(result, warped)`` read back from the finished process: a 3D LPS result (fixed to
+        moving) with the inverse field when requested, and the warped moving image (or ``None``)."""
+        from .transform_io import read_result
+
+        inputs = self.inputs
+        result = read_result(self.paths["transform.h5"], inputs.fixed.geometry, inputs.moving.geometry)
+        result.method = self.parameters.method
+        if self.parameters.output_inverse_transform:
+            result.inverse_displacement = _inverse_field(self.paths["inverse.h5"], result.field_geometry)
+        warped = read_image(self.paths["warped.nii.gz"]) if self.parameters.output_warped_volume else None
+        if inputs.fixed_plane is not None:
+            result = mrml.result_on_planes(result, inputs.fixed_plane, inputs.moving_plane,
+                                           inputs.fixed_geometry_3d, inputs.moving_geometry_3d)
+            warped = None if warped is None else mrml.image_on_plane(warped, inputs.fixed_plane)
+        return result, warped
+
+    def cancel(self) -> None:
+        self.process.cancel()
+        self.remove_files()
+
+    def remove_files(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _inverse_field(path: str, field_geometry) -> np.ndarray | None:
+    """The displacement field of an inverse transform file ``w(A^-1(q))`` (the affine acts first)."""
+    import SimpleITK as sitk
+
+    from .image import geometry_from_sitk
+    from .transform_io import read_transform
+
+    transform = read_transform(path)
+    parts = [transform]
+    if transform.GetName() == "CompositeTransform":
+        composite = sitk.CompositeTransform(transform)
+        parts = [composite.GetNthTransform(i) for i in range(composite.GetNumberOfTransforms())]
+    for part in parts:
+        if part.GetName() == "DisplacementFieldTransform":
+            field_image = sitk.DisplacementFieldTransform(part).GetDisplacementField()
+            if geometry_from_sitk(field_image) != field_geometry:
+                raise RegistrationFailed(f"the inverse field in {path} is not on the forward field's grid")
+            return sitk.GetArrayFromImage(field_image).astype(np.float64)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Runs: progress while working, nodes at the end
+
+
+@dataclass
+class RegistrationOutputs:
+    """Nodes a finished registration added to the scene."""
+
+    transform: mrml.TransformNodes | None = None
+    warped_volume: object = None
+    inverse_transform: mrml.TransformNodes | None = None
+    transform_sequence: object = None
+    warped_sequence: object = None
+    browser: object = None
+    nodes: list = field(default_factory=list)
+
+
+class _Run:
+    """Shared progress state of a running registration: ``stage``, ``fraction``, ``message``, ``log``."""
+
+    def __init__(self):
+        self.stage, self.fraction, self.message = "starting", 0.0, ""
+        self.log: list[str] = []
+        self.cancelled = False
+
+    def _follow(self, job: RegistrationJob, first: float = 0.0, share: float = 1.0, label: str = "") -> list[Progress]:
+        """Poll ``job``; its fraction maps into ``[first, first + share]`` of this run, its
+        messages get ``label`` in front."""
+        reports = []
+        for kind, value in job.poll():
+            if kind == "log":
+                self.log.append(label + value)
+            else:
+                self.stage, self.message = value.stage, label + value.message
+                self.fraction = first + share * value.fraction
+                reports.append(value)
+        return reports
+
+
+class RegistrationRun(_Run):
+    """A pair registration in progress; :meth:`finish` adds the result nodes."""
+
+    def __init__(self, scene, parameters: RegistrationParameters, inputs: PairInputs, python: str | None = None):
+        super().__init__()
+        self.scene = scene
+        self.parameters = parameters
+        self.job = RegistrationJob(inputs, parameters, python)
+
+    def poll(self) -> list[Progress]:
+        return self._follow(self.job)
+
+    @property
+    def finished(self) -> bool:
+        return self.job.finished
+
+    def cancel(self) -> None:
+        """End the background process tree; the scene stays as it was."""
+        self.cancelled = True
+        self.job.cancel()
+
+    def finish(self) -> RegistrationOutputs:
+        """Wait for the process, then add the requested nodes (raises ``RegistrationFailed``)."""
+        if self.cancelled:
+            raise RegistrationFailed("the registration was cancelled")
+        self.job.process.wait()
+        self.poll()
+        try:
+            failure = self.job.failure()
+            if failure:
+                raise RegistrationFailed(failure)
+            result, warped = self.job.read_outputs()
+        finally:
+            self.job.remove_files()
+        return add_output_nodes(self.scene, self.parameters, result, warped)
+
+
+def describe(parameters: RegistrationParameters, fixed_name: str, moving_name: str) -> mrml.ResultDescription:
+    return mrml.ResultDescription(
+        method=parameters.method, model=parameters.model, settings=parameters.settings(),
+        fixed=fixed_name, moving=moving_name,
+        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    )
+
+
+def add_output_nodes(scene, parameters: RegistrationParameters, result, warped: Image | None) -> RegistrationOutputs:
+    """Result nodes named after the moving volume and the method, with descriptive attributes."""
+    moving_name = parameters.moving_volume.GetName()
+    description = describe(parameters, parameters.fixed_volume.GetName(), moving_name)
+    name = f"{moving_name} to {parameters.fixed_volume.GetName()} ({parameters.method})"
+    outputs = RegistrationOutputs()
+    if parameters.output_transform:
+        outputs.transform = mrml.add_result_transform_nodes(scene, result, name, description, parameters.composed_transform)
+        outputs.nodes += outputs.transform.nodes
+    if parameters.output_inverse_transform:
+        outputs.inverse_transform = mrml.add_result_transform_nodes(
+            scene, result, name, description, parameters.composed_transform, inverse=True)
+        outputs.nodes += outputs.inverse_transform.nodes
+    if warped is not None:
+        outputs.warped_volume = mrml.add_volume_node(scene, warped.with_array(warped.array.astype(np.float32)), f"{name} warped")
+        mrml.set_attributes(outputs.warped_volume, description.attributes("warped volume"))
+        outputs.nodes.append(outputs.warped_volume)
+    return outputs
+
+
+class RegistrationLogic:
+    """Everything the Registration module does, on an MRML scene (no Qt needed).
+
+    ``python``: interpreter for the background process (default: PythonSlicer inside Slicer,
+    else the current one)."""
+
+    def __init__(self, scene, python: str | None = None):
+        self.scene = scene
+        self.python = python
+
+    def start(self, parameters: RegistrationParameters) -> RegistrationRun:
+        """Check the inputs and start the background registration (``InputError`` if unusable)."""
+        return RegistrationRun(self.scene, parameters, check_parameters(parameters), self.python)
+
+    def start_sequence(self, parameters: RegistrationParameters, sequence_node, reference_index: int | None = 0) -> SequenceRegistrationRun:
+        """Register every frame of ``sequence_node`` to its frame ``reference_index`` or, when that
+        is ``None``, to ``parameters.fixed_volume``; ``parameters.moving_volume`` is ignored."""
+        return SequenceRegistrationRun(self.scene, parameters, sequence_node, reference_index, self.python)
+
+    @staticmethod
+    def run_to_end(run, on_progress=None, poll_seconds: float = 0.1) -> RegistrationOutputs:
+        """Follow ``run`` until it ends (for scripts and tests), then return its outputs."""
+        import time
+
+        while not run.finished:
+            for report in run.poll():
+                if on_progress:
+                    on_progress(run, report)
+            time.sleep(poll_seconds)
+        return run.finish()
+
+
+# --------------------------------------------------------------------------------------------
+# Sequences
+
+
+class SequenceRegistrationRun(_Run):
+    """Frames of a sequence registered one background process after another."""
+
+    def __init__(self, scene, parameters: RegistrationParameters, sequence_node, reference_index: int | None, python: str | None):
+        super().__init__()
+        self.scene, self.parameters, self.sequence, self.python = scene, parameters, sequence_node, python
+        check_settings(parameters)
+        count = sequence_node.GetNumberOfDataNodes()
+        if count == 0:
+            raise InputError(f"the sequence '{sequence_node.GetName()}' has no frames")
+        if reference_index is None:
+            if parameters.fixed_volume is None:
+                raise InputError("choose a reference frame or a fixed volume for the sequence")
+            self.reference_node = parameters.fixed_volume
+        else:
+            if not 0 <= reference_index < count:
+                raise InputError(f"reference frame {reference_index} is outside the sequence (0..{count - 1})")
+            self.reference_node = sequence_node.GetNthDataNode(reference_index)
+        self.frames = [sequence_node.GetNthDataNode(i) for i in range(count)]
+        self.fixed = mrml.image_from_volume_node(self.reference_node, "reference frame")
+        self.initial_affine = initial_affine_of(parameters.initial_transform)
+        self.inputs = [self._frame_inputs(i) for i in range(count)]  # every frame checked before any work
+        self.results: list = []
+        self.job: RegistrationJob | None = None
+        self._start_next()
+
+    def _frame_inputs(self, index: int) -> PairInputs:
+        frame = mrml.image_from_volume_node(self.frames[index], f"frame {index}")
+        return check_pair(self.fixed, frame, self.reference_node.GetName(), f"frame {index}", self.initial_affine)
+
+    def _start_next(self) -> None:
+        self.job = RegistrationJob(self.inputs[len(self.results)], self._frame_parameters(), self.python)
+
+    def _frame_parameters(self) -> RegistrationParameters:
+        p = self.parameters
+        return RegistrationParameters(method=p.method, model=p.model, device=p.device, quality=p.quality,
+                                      output_transform=True, output_warped_volume=True)
+
+    @property
+    def finished(self) -> bool:
+        """All frames done, or one failed (then :meth:`finish` raises its message)."""
+        return self.job is None or self.job.failure() is not None
+
+    def poll(self) -> list[Progress]:
+        if self.job is None:
+            return []
+        share = 1.0 / len(self.frames)
+        done = len(self.results)
+        reports = self._follow(self.job, done * share, share, f"frame {done + 1} of {len(self.frames)}: ")
+        if self.job.finished and self.job.failure() is None:
+            try:
+                self.results.append(self.job.read_outputs())
+            finally:
+                self.job.remove_files()
+            self.job = None
+            if len(self.results) < len(self.frames):
+                self._start_next()
+        return reports
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.job is not None:
+            self.job.cancel()
+            self.job = None
+
+    def finish(self) -> RegistrationOutputs:
+        """Wait for the last frame, then add the transform and warped sequences and a browser."""
+        if self.cancelled:
+            raise RegistrationFailed("the registration was cancelled")
+        while not self.finished:
+            self.job.process.wait()
+            self.poll()
+        if self.job is not None:
+            failure = self.job.failure()
+            self.job.remove_files()
+            raise RegistrationFailed(f"frame {len(self.results) + 1} of {len(self.frames)}: {failure}")
+        return add_sequence_nodes(self.scene, self.parameters, self.sequence, self.reference_node.GetName(), self.results)
+
+
+def add_sequence_nodes(scene, parameters: RegistrationParameters, sequence_node, reference_name: str, results) -> RegistrationOutputs:
+    """A transform sequence (one composed grid transform per frame, FromParent), the warped
+    sequence and a browser node playing both, with the input sequence's index values."""
+    import slicer
+
+    name = f"{sequence_node.GetName()} to {reference_name} ({parameters.method})"
+    description = describe(parameters, reference_name, sequence_node.GetName())
+    transforms = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} transforms")
+    warped_frames = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} warped")
+    scratch = slicer.vtkMRMLScene()  # frames are copied into the sequences, then dropped
+    for sequence in (transforms, warped_frames):
+        sequence.SetIndexName(sequence_node.GetIndexName())
+        sequence.SetIndexUnit(sequence_node.GetIndexUnit())
+        sequence.SetIndexType(sequence_node.GetIndexType())
+    for index, (result, warped) in enumerate(results):
+        value = sequence_node.GetNthIndexValue(index)
+        nodes = mrml.add_result_transform_nodes(scratch, result, f"frame {value}", description, composed=True)
+        transforms.SetDataNodeAtValue(nodes.top, value)
+        volume = mrml.add_volume_node(scratch, warped.with_array(warped.array.astype(np.float32)), f"frame {value}")
+        warped_frames.SetDataNodeAtValue(volume, value)
+    for sequence, role in ((transforms, "transform sequence"), (warped_frames, "warped sequence")):
+        mrml.set_attributes(sequence, description.attributes(role))
+    sequences_logic = _sequences_logic(scene)
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", name)
+    browser.SetAndObserveMasterSequenceNodeID(warped_frames.GetID())
+    browser.AddSynchronizedSequenceNodeID(transforms.GetID())
+    sequences_logic.UpdateProxyNodesFromSequences(browser)
+    return RegistrationOutputs(transform_sequence=transforms, warped_sequence=warped_frames, browser=browser,
+                               nodes=[transforms, warped_frames, browser])
+
+
+def _sequences_logic(scene):
+    """Slicer's Sequences module logic (it makes a browser's proxy nodes); outside the Slicer
+    application a new one attached to ``scene``, which also registers the browser node class."""
+    import slicer
+
+    modules = getattr(slicer, "modules", None)
+    if modules is not None and hasattr(modules, "sequences"):
+        return modules.sequences.logic()
+    logic = slicer.vtkSlicerSequencesLogic()
+    logic.SetMRMLScene(scene)
+    return logic
