@@ -11,9 +11,17 @@ from .image import Geometry
 
 
 def diffusion(field: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """First-order smoothness ``mean |grad v|^2`` (003_2f2aa96e65959a3c.txt eq. 5), ``(B,)``."""
-    grad = spatial.spatial_gradient(field, geometry)
-    return grad.pow(2).sum(dim=(1, 2)).flatten(1).mean(dim=1)
+    """First-order smoothness ``mean |grad v|^2`` (003_2f2aa96e65959a3c.txt eq. 5), ``(B,)``.
+
+    Forward differences along the index axes divided by the spacing: the direction matrix is a
+    rotation, so the sum of their squares equals the squared physical gradient norm."""
+    dim = geometry.dim
+    total = 0
+    for axis_xyz in range(dim):
+        tensor_axis = 2 + dim - 1 - axis_xyz
+        diff = torch.diff(field, dim=tensor_axis) / geometry.spacing[axis_xyz]
+        total = total + diff.pow(2).sum(dim=1).flatten(1).mean(dim=1)
+    return total
 
 
 def bending_energy(field: torch.Tensor, geometry: Geometry) -> torch.Tensor:

@@ -315,10 +315,9 @@ class RegistrationJob:
         from .transform_io import read_result
 
         inputs = self.inputs
-        result = read_result(self.paths["transform.h5"], inputs.fixed.geometry, inputs.moving.geometry)
+        inverse_path = self.paths["inverse.h5"] if self.parameters.output_inverse_transform else None
+        result = read_result(self.paths["transform.h5"], inputs.fixed.geometry, inputs.moving.geometry, inverse_path)
         result.method = self.parameters.method
-        if self.parameters.output_inverse_transform:
-            result.inverse_displacement = _inverse_field(self.paths["inverse.h5"], result.field_geometry)
         warped = read_image(self.paths["warped.nii.gz"]) if self.parameters.output_warped_volume else None
         if inputs.fixed_plane is not None:
             result = mrml.result_on_planes(result, inputs.fixed_plane, inputs.moving_plane,
@@ -332,27 +331,6 @@ class RegistrationJob:
 
     def remove_files(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _inverse_field(path: str, field_geometry) -> np.ndarray | None:
-    """The displacement field of an inverse transform file ``w(A^-1(q))`` (the affine acts first)."""
-    import SimpleITK as sitk
-
-    from .image import geometry_from_sitk
-    from .transform_io import read_transform
-
-    transform = read_transform(path)
-    parts = [transform]
-    if transform.GetName() == "CompositeTransform":
-        composite = sitk.CompositeTransform(transform)
-        parts = [composite.GetNthTransform(i) for i in range(composite.GetNumberOfTransforms())]
-    for part in parts:
-        if part.GetName() == "DisplacementFieldTransform":
-            field_image = sitk.DisplacementFieldTransform(part).GetDisplacementField()
-            if geometry_from_sitk(field_image) != field_geometry:
-                raise RegistrationFailed(f"the inverse field in {path} is not on the forward field's grid")
-            return sitk.GetArrayFromImage(field_image).astype(np.float64)
-    return None
 
 
 # --------------------------------------------------------------------------------------------

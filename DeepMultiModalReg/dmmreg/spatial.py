@@ -45,11 +45,23 @@ def apply_matrix(points: torch.Tensor, matrix) -> torch.Tensor:
 
 
 def grid_points(geometry: Geometry, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Physical points of every voxel, ``(*shape, dim)`` with shape in (z, y, x) order."""
-    axes = [torch.arange(n, device=device, dtype=torch.float64) for n in geometry.shape]
-    mesh = torch.meshgrid(*axes, indexing="ij")  # z, y, x
-    index = torch.stack(mesh[::-1], dim=-1)  # x, y, z
-    return apply_matrix(index, geometry.index_to_physical).to(dtype)
+    """Physical points of every voxel, ``(*shape, dim)`` with shape in (z, y, x) order.
+
+    Cached per geometry, device and dtype (treat the result as read-only)."""
+    key = (geometry.size, geometry.spacing, geometry.origin, geometry.direction.tobytes(), str(device), dtype)
+    points = _GRID_POINTS.get(key)
+    if points is None:
+        axes = [torch.arange(n, device=device, dtype=torch.float64) for n in geometry.shape]
+        mesh = torch.meshgrid(*axes, indexing="ij")  # z, y, x
+        index = torch.stack(mesh[::-1], dim=-1)  # x, y, z
+        points = apply_matrix(index, geometry.index_to_physical).to(dtype)
+        if len(_GRID_POINTS) >= 16:
+            _GRID_POINTS.pop(next(iter(_GRID_POINTS)))
+        _GRID_POINTS[key] = points
+    return points
+
+
+_GRID_POINTS: dict = {}
 
 
 def physical_to_normalised(geometry: Geometry) -> np.ndarray:
@@ -113,11 +125,12 @@ def transform_points(
     displacement: torch.Tensor | None = None,
     batch: int = 1,
     device=None,
+    dtype=torch.float32,
 ) -> torch.Tensor:
     """Moving-space points ``T(p) = A(p + u(p))`` for every fixed voxel, ``(B, *shape, dim)``."""
     if displacement is not None:
-        batch, device = displacement.shape[0], displacement.device
-    points = grid_points(fixed_geometry, device=device).unsqueeze(0).expand(batch, *fixed_geometry.shape, fixed_geometry.dim)
+        batch, device, dtype = displacement.shape[0], displacement.device, displacement.dtype
+    points = grid_points(fixed_geometry, device=device, dtype=dtype).unsqueeze(0).expand(batch, *fixed_geometry.shape, fixed_geometry.dim)
     if displacement is not None:
         points = points + to_channels_last(displacement)
     if affine is not None:
@@ -135,7 +148,7 @@ def warp(
     padding: str = "zeros",
 ) -> torch.Tensor:
     """Resample ``moving (B, C, *moving shape)`` into the fixed grid through ``T(p) = A(p + u(p))``."""
-    points = transform_points(fixed_geometry, affine, displacement, batch=moving.shape[0], device=moving.device)
+    points = transform_points(fixed_geometry, affine, displacement, batch=moving.shape[0], device=moving.device, dtype=moving.dtype)
     return sample(moving, moving_geometry, points, mode=mode, padding=padding)
 
 
@@ -176,7 +189,10 @@ def resample_image(volume: torch.Tensor, source: Geometry, target: Geometry, mod
     """Image ``(B, C, *shape)`` on ``source`` resampled onto ``target`` (identity transform).
 
     When ``target`` is coarser, the image is first smoothed with a Gaussian whose sigma (mm) is
-    ``sqrt(s_t^2 - s_s^2) / 2`` per axis to limit aliasing (labels are never smoothed)."""
+    ``sqrt(s_t^2 - s_s^2) / 2`` per axis to limit aliasing (labels are never smoothed).
+    The same grid returns ``volume`` itself."""
+    if target == source:
+        return volume
     if mode == "linear":
         sigma_vox = [
             max(0.0, (t * t - s * s)) ** 0.5 / 2 / s for s, t in zip(source.spacing, target.spacing)

@@ -131,12 +131,19 @@ def read_transform(path: str | os.PathLike):
         raise InputError(f"cannot read transform {path}: {str(exc).strip().splitlines()[-1]}")
 
 
-def read_result(path: str | os.PathLike, fixed_geometry: Geometry, moving_geometry: Geometry) -> RegistrationResult:
+def read_result(
+    path: str | os.PathLike,
+    fixed_geometry: Geometry,
+    moving_geometry: Geometry,
+    inverse_path: str | os.PathLike | None = None,
+) -> RegistrationResult:
     """Read a resampling transform file back as a :class:`RegistrationResult`.
 
     Understands what :func:`write_transform` writes (an affine, a composite of an affine and a
     displacement field, or one displacement field) and any ITK transform made only of those
-    (translation, Euler, similarity and versor transforms count as affine)."""
+    (translation, Euler, similarity and versor transforms count as affine).  ``inverse_path``:
+    the matching inverse written by ``write_transform(..., inverse=True)`` as ``.h5``; its field
+    becomes the result's inverse field."""
     import SimpleITK as sitk
 
     transform = read_transform(path)
@@ -156,7 +163,21 @@ def read_result(path: str | os.PathLike, fixed_geometry: Geometry, moving_geomet
             affine = _affine_of(part, dim, path) @ affine
     if displacement is not None and field_geometry.dim != dim:
         raise InputError(f"{path} is a {field_geometry.dim}D transform but the images are {dim}D")
-    return RegistrationResult(fixed_geometry, moving_geometry, affine, field_geometry, displacement, method="file")
+    inverse = None if inverse_path is None else _inverse_field(os.fspath(inverse_path), field_geometry)
+    return RegistrationResult(fixed_geometry, moving_geometry, affine, field_geometry, displacement, inverse, method="file")
+
+
+def _inverse_field(path: str, field_geometry: Geometry | None) -> np.ndarray | None:
+    """The field ``w`` of an inverse file ``T^-1(q) = A^-1(q) + w(A^-1(q))`` (on the forward field's grid)."""
+    import SimpleITK as sitk
+
+    fields = [p for p in _flatten(read_transform(path)) if p.GetName() == "DisplacementFieldTransform"]
+    if not fields:
+        return None
+    field = sitk.DisplacementFieldTransform(fields[0]).GetDisplacementField()
+    if field_geometry is None or geometry_from_sitk(field) != field_geometry:
+        raise InputError(f"the inverse field in {path} is not on the forward transform's field grid")
+    return sitk.GetArrayFromImage(field).astype(np.float64)
 
 
 def _flatten(transform) -> list:

@@ -43,9 +43,9 @@ class OptimiseSettings:
     # pyramids end at the image resolution: multi-modal NMI optima at coarse levels are biased
     # (e.g. T1's dark CSF merges with the background once smoothed), so the last level decides
     affine_levels_mm: tuple[float, ...] = (8.0, 4.0, 2.0, 1.0)
-    affine_iterations: tuple[int, ...] = (80, 40, 30, 30)
+    affine_iterations: tuple[int, ...] = (60, 30, 20, 20)
     deformable_levels_mm: tuple[float, ...] = (4.0, 2.0, 1.0)
-    deformable_iterations: tuple[int, ...] = (60, 30, 30)
+    deformable_iterations: tuple[int, ...] = (40, 20, 20)
     control_spacing_mm: float = 10.0
     field_spacing_mm: float = 5.0
     regularisation: float = 0.5
@@ -58,9 +58,9 @@ class OptimiseSettings:
 
 
 QUALITY_PRESETS = {
-    "fast": dict(affine_iterations=(60, 30, 20, 15), deformable_iterations=(40, 20, 15), samples=20_000),
+    "fast": dict(affine_iterations=(40, 20, 10, 10), deformable_iterations=(20, 10, 10), samples=20_000),
     "balanced": {},
-    "accurate": dict(affine_iterations=(100, 60, 40, 40), deformable_iterations=(100, 60, 50), samples=80_000, field_spacing_mm=3.33),
+    "accurate": dict(affine_iterations=(100, 50, 40, 40), deformable_iterations=(80, 40, 40), samples=80_000, field_spacing_mm=3.33),
 }
 
 
