@@ -1,6 +1,6 @@
 """Random known warps: exact ground truth on real, aligned multi-contrast images.
 
-The protocol of 000_9877b33c2dcaa129.txt (FIRE, sec. 4): an image is deformed by a random
+The protocol of 000_9877b33c2dcaa129.txt (FIRE, sec. 4.1): an image is deformed by a random
 transform and registered back.  Here the deformed image becomes the *fixed* image,
 ``F(p) = I(G(p))``, so the true resampling transform from ``F`` to any image aligned with ``I``
 (e.g. the T1 of the same subject) is ``G`` itself:

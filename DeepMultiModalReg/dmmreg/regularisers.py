@@ -57,7 +57,7 @@ def jacobian_penalty(displacement: torch.Tensor, geometry: Geometry, epsilon: fl
 def inverse_consistency(forward: torch.Tensor, backward: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """``mean |(id+b) o (id+f) - id|^2 + |(id+f) o (id+b) - id|^2`` (mm^2), ``(B,)``: zero when the
     two fields are each other's inverse (FIRE's inverse-consistency loss, 000_9877b33c2dcaa129.txt
-    sec. 3.5, written on the fields)."""
+    sec. 3.6, written on the fields)."""
     there_and_back = spatial.compose(forward, backward, geometry)
     back_and_there = spatial.compose(backward, forward, geometry)
     return (there_and_back.pow(2).sum(dim=1) + back_and_there.pow(2).sum(dim=1)).flatten(1).mean(dim=1)
