@@ -122,3 +122,46 @@ def known_warp_case(source: Image, seed: int, settings: KnownWarpSettings = Know
 def folding_percent(result: RegistrationResult, mask: np.ndarray) -> float:
     """Percentage of ``mask`` voxels (fixed grid) where the transform folds (det J <= 0)."""
     return float(100 * np.mean(result.jacobian_determinant().array[mask] <= 0))
+
+
+# --------------------------------------------------------------------------------------------
+# Learned methods: brief training on real known-warp pairs
+
+
+def stroke_slice_2d(stroke: dict[str, Image], contrast: str, offset: int = 0) -> Image:
+    """An axial slice of the stroke ``contrast`` (``offset`` slices from the middle) as a 2D image
+    with the in-plane spacing (identity direction, origin 0)."""
+    g = stroke[contrast].geometry
+    geometry = Geometry(g.size[:2], g.spacing[:2], (0.0, 0.0), np.eye(2))
+    return Image(stroke[contrast].array[g.size[2] // 2 + offset], geometry)
+
+
+def mean_loss(history: list[dict], stage: str, first: bool, count: int = 5, key: str = "total") -> float:
+    """Mean of ``key`` over the first (or last) ``count`` training records of ``stage``."""
+    values = [record[key] for record in history if record["stage"] == stage]
+    return float(np.mean(values[:count] if first else values[-count:]))
+
+
+@pytest.fixture(scope="session")
+def stroke_batches(stroke) -> dict[int, "TrainingBatch"]:
+    """Known-warp training pairs (seed 0) of the stroke data, T1 moving, deformed T2 fixed:
+    ``{2: mid axial slice on a 2 mm model grid, 3: the volume on a 4 mm model grid}``
+    (margin 8 mm; the model configs of the method tests use the same spacings)."""
+    from dmmreg.methods.learned import ModelConfig
+    from dmmreg.training import known_warp_batch
+
+    t1, t2 = stroke_slice_2d(stroke, "T1"), stroke_slice_2d(stroke, "T2")
+    return {
+        2: known_warp_batch(t2, t1, ModelConfig(dim=2, spacing_mm=2.0), seed=0),
+        3: known_warp_batch(stroke["T2"], stroke["T1"], ModelConfig(dim=3, spacing_mm=4.0), seed=0),
+    }
+
+
+def assert_gradients_reach(module: torch.nn.Module, loss: torch.Tensor) -> None:
+    """Backpropagate ``loss`` and assert every trainable parameter of ``module`` gets a finite,
+    not all-zero gradient (names the parameters that do not)."""
+    for p in module.parameters():
+        p.grad = None
+    loss.backward()
+    missing = [n for n, p in module.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.abs().sum() > 0)]
+    assert not missing, f"no (finite, non-zero) gradient reaches {missing}"

@@ -1,5 +1,8 @@
 """Registration methods, selectable by name.  Importing this module does not import torch, so
-the Slicer modules can list methods without loading the backend."""
+the Slicer modules can list methods without loading the backend.
+
+Each method module defines ``register(fixed, moving, ...)``; a learned method's module also
+defines ``MODEL``, its :class:`~dmmreg.methods.learned.LearnedMethod` subclass."""
 
 from __future__ import annotations
 
@@ -14,7 +17,34 @@ METHODS = {
         "Instance optimisation, no trained weights: multi-resolution affine then a diffeomorphic "
         "B-spline velocity field maximising NMI (LNCC, MIND selectable).",
     ),
+    "fire": (
+        "fire",
+        "FIRE (000): bi-directional cross-modality synthesis with factorised affine + non-rigid "
+        "transformation networks, inverse-consistent.",
+    ),
+    "variational": (
+        "variational",
+        "Theljani & Chen (001): light U-net trained with a robust variational loss (parallel level "
+        "sets, first- and second-order smoothness, Jacobian penalty).",
+    ),
+    "disentangled": (
+        "disentangled",
+        "Wu & Zhou (002): registration on content codes of a disentangled (MUNIT-style) "
+        "representation, trained in both directions.",
+    ),
+    "midir": (
+        "midir",
+        "MIDIR (003): U-net predicting B-spline velocities, diffeomorphic by scaling and squaring, "
+        "trained on NMI.",
+    ),
+    "hierarchical": (
+        "hierarchical",
+        "Dai et al. (004): coarse registration, modal translation, then fine registration on the "
+        "translated image; coarse composed with fine.",
+    ),
 }
+
+LEARNED_METHODS = ("fire", "variational", "disentangled", "midir", "hierarchical")
 
 
 def available_methods() -> list[tuple[str, str]]:
@@ -22,8 +52,19 @@ def available_methods() -> list[tuple[str, str]]:
     return [(name, summary) for name, (_, summary) in METHODS.items()]
 
 
-def method_function(name: str):
-    """The ``register(fixed, moving, ...)`` function of method ``name``."""
+def _module(name: str):
     if name not in METHODS:
         raise InputError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
-    return import_module(f".{METHODS[name][0]}", __name__).register
+    return import_module(f".{METHODS[name][0]}", __name__)
+
+
+def method_function(name: str):
+    """The ``register(fixed, moving, ...)`` function of method ``name``."""
+    return _module(name).register
+
+
+def method_class(name: str):
+    """The network class (:class:`~dmmreg.methods.learned.LearnedMethod`) of learned method ``name``."""
+    if name not in LEARNED_METHODS:
+        raise InputError(f"method {name!r} has no trained model; learned methods: {', '.join(LEARNED_METHODS)}")
+    return _module(name).MODEL

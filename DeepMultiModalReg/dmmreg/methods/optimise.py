@@ -94,6 +94,20 @@ def _tensor(array: np.ndarray, device) -> torch.Tensor:
     return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)[None, None]
 
 
+def _prepare_levels(fixed: Image, moving: Image, fixed_mask: Image | None, moving_mask: Image | None,
+                    spacings, device) -> dict[float, _Level]:
+    """Normalised images (moving with its mask as channel 1) and their pyramid at ``spacings`` mm."""
+    fixed_t = _tensor(normalise_intensity(fixed.array, None if fixed_mask is None else fixed_mask.array), device)
+    moving_norm = _tensor(normalise_intensity(moving.array, None if moving_mask is None else moving_mask.array), device)
+    moving_inside = torch.ones_like(moving_norm) if moving_mask is None else _tensor(moving_mask.array > 0, device)
+    moving_t = torch.cat([moving_norm, moving_inside], dim=1)
+    fixed_mask_t = None if fixed_mask is None else _tensor(fixed_mask.array > 0, device)
+    levels = _make_levels(fixed_t, fixed, fixed_mask_t, moving_t, moving, spacings, device)
+    if any(lv.points.shape[0] < 8 for lv in levels.values()):
+        raise InputError("the fixed mask selects (almost) no voxels; check the fixed mask")
+    return levels
+
+
 def _make_levels(fixed_t, fixed: Image, fixed_mask_t, moving_t, moving: Image, spacings, device) -> dict[float, _Level]:
     """Pyramid levels, finest first, each smoothed and resampled from the next finer one (only
     the first level touches the full-resolution images)."""
@@ -187,16 +201,8 @@ def register_optimise(
     generator = torch.Generator().manual_seed(settings.seed)
 
     report("preprocess", 0.0, "normalising intensities and building the image pyramid")
-    fixed_t = _tensor(normalise_intensity(fixed.array, None if fixed_mask is None else fixed_mask.array), device)
-    moving_norm = _tensor(normalise_intensity(moving.array, None if moving_mask is None else moving_mask.array), device)
-    moving_inside = torch.ones_like(moving_norm) if moving_mask is None else _tensor(moving_mask.array > 0, device)
-    moving_t = torch.cat([moving_norm, moving_inside], dim=1)
-    fixed_mask_t = None if fixed_mask is None else _tensor(fixed_mask.array > 0, device)
-
     levels_mm = sorted(set(settings.affine_levels_mm) | set(settings.deformable_levels_mm), reverse=True)
-    levels = _make_levels(fixed_t, fixed, fixed_mask_t, moving_t, moving, levels_mm, device)
-    if any(lv.points.shape[0] < 8 for lv in levels.values()):
-        raise InputError("the fixed mask selects (almost) no voxels; check the fixed mask")
+    levels = _prepare_levels(fixed, moving, fixed_mask, moving_mask, levels_mm, device)
 
     if initial_affine is None:
         coarsest = levels[levels_mm[0]]
@@ -254,22 +260,34 @@ def register_optimise(
 
 
 def _deformable_stage(result, levels, settings, affine, generator, report, done, total_steps, device) -> None:
-    """Optimise the B-spline SVF; stores the field and its inverse in ``result``."""
+    """Optimise a B-spline SVF ``v`` and store the field and its inverse in ``result``.
+
+    Without a field in ``result`` the transform is ``A(p + exp(v)(p))``.  With one (``u0`` on
+    its own grid, e.g. a network's answer) the SVF refines it from the fixed side,
+    ``A(q + u0(q))`` with ``q = p + exp(v)(p)``, and the composed field (and inverse) is stored on
+    ``u0``'s grid."""
     fixed_geometry = result.fixed_geometry
     control = spatial.control_grid(fixed_geometry.with_margin(settings.margin_mm), settings.control_spacing_mm)
     stride = max(1, int(round(settings.control_spacing_mm / settings.field_spacing_mm)))
     field_geometry = spatial.dense_grid(control, stride)
     coefficients = torch.zeros(1, fixed_geometry.dim, *control.shape, device=device, requires_grad=True)
+    base = None if result.displacement is None else (
+        result.field_geometry,
+        spatial.to_channels_first(torch.as_tensor(result.displacement, dtype=torch.float32, device=device)[None]),
+    )
 
     def velocity() -> torch.Tensor:
         return spatial.bspline_to_dense(coefficients, stride)
 
+    def through_base(q: torch.Tensor) -> torch.Tensor:
+        return q if base is None else q + spatial.field_at(base[1], base[0], q)
+
     optimiser = torch.optim.Adam([coefficients], lr=0.0)
     for spacing, iterations in zip(settings.deformable_levels_mm, settings.deformable_iterations):
         similarity = _Similarity(settings.similarity, levels[spacing], settings.samples, settings.bins, generator)
-        base = [0.05 * settings.control_spacing_mm]
+        lr = [0.05 * settings.control_spacing_mm]
         for step in range(iterations):
-            _cosine_lr(optimiser, base, step, iterations)
+            _cosine_lr(optimiser, lr, step, iterations)
             optimiser.zero_grad()
             v = velocity()
             with torch.no_grad():
@@ -277,7 +295,7 @@ def _deformable_stage(result, levels, settings, affine, generator, report, done,
             u = u + (v - v.detach())  # value exp(v); gradient passed to v as if du/dv = I
 
             def mapping(p, u=u):
-                return spatial.apply_matrix(p + spatial.field_at(u, field_geometry, p), affine)
+                return spatial.apply_matrix(through_base(p + spatial.field_at(u, field_geometry, p)), affine)
 
             loss = similarity(mapping) + settings.regularisation * regularisers.diffusion(v, field_geometry)[0]
             loss.backward()
@@ -290,9 +308,54 @@ def _deformable_stage(result, levels, settings, affine, generator, report, done,
         v = velocity()
         u = spatial.integrate_velocity(v, field_geometry, settings.integration_steps)
         w = spatial.integrate_velocity(-v, field_geometry, settings.integration_steps)
+        if base is not None:
+            # u_total(p) = u(p) + u0(p + u(p)); w_total(r) = w0(r) + w(r + w0(r)), on u0's grid
+            grid, u0 = base
+            w0 = spatial.to_channels_first(torch.as_tensor(result.inverse_displacement, dtype=torch.float32, device=device)[None])
+            points = spatial.grid_points(grid, device=device)[None]
+            moved = points + spatial.field_at(u, field_geometry, points)
+            u = spatial.to_channels_first(through_base(moved) - points)
+            back = points + spatial.to_channels_last(w0)
+            w = spatial.to_channels_first(back + spatial.field_at(w, field_geometry, back) - points)
+            field_geometry = grid
     result.field_geometry = field_geometry
     result.displacement = spatial.to_channels_last(u)[0].double().cpu().numpy()
     result.inverse_displacement = spatial.to_channels_last(w)[0].double().cpu().numpy()
+
+
+def prealign(fixed: Image, moving: Image, fixed_mask: Image | None = None, moving_mask: Image | None = None,
+             device="cpu", affine: bool = True, progress: ProgressCallback | None = None) -> np.ndarray:
+    """A starting affine for a network (fixed point -> moving point, LPS): this method's affine
+    stage on the 8, 4 and 2 mm levels (``affine``), or only the centre-of-mass shift."""
+    levels = dict(affine_levels_mm=(8.0, 4.0, 2.0), affine_iterations=(60, 30, 20)) if affine else dict(
+        affine_levels_mm=(8.0,), affine_iterations=(0,))
+    settings = settings_for("balanced", deformable=False, deformable_levels_mm=(), deformable_iterations=(), **levels)
+    report = progress or (lambda *_: None)
+
+    def scaled(stage, fraction, message):
+        report("prealign", 0.3 * fraction, message)
+
+    return register_optimise(fixed, moving, fixed_mask, moving_mask, device, settings, None, scaled).affine
+
+
+def refine_result(result: RegistrationResult, fixed: Image, moving: Image, fixed_mask: Image | None, moving_mask: Image | None,
+                  device, iterations: int, progress: ProgressCallback | None = None) -> RegistrationResult:
+    """``result`` (e.g. a network's) refined by ``iterations`` steps of this method's deformable
+    stage at the finest level, from the fixed side; the affine is kept.  Returns a new result."""
+    settings = settings_for("balanced")
+    finest = min(settings.deformable_levels_mm)
+    settings = replace(settings, deformable_levels_mm=(finest,), deformable_iterations=(iterations,))
+    device = torch.device(device)
+    levels = _prepare_levels(fixed, moving, fixed_mask, moving_mask, [finest], device)
+    refined = replace(result, settings={**result.settings, "refine_settings": asdict(settings)})
+    affine = torch.as_tensor(result.affine, dtype=torch.float32, device=device)
+    report = progress or (lambda *_: None)
+
+    def scaled(stage, fraction, message):
+        report("refine", 0.6 + 0.4 * fraction, message)
+
+    _deformable_stage(refined, levels, settings, affine, torch.Generator().manual_seed(settings.seed), scaled, 0, iterations, device)
+    return refined
 
 
 def register(fixed, moving, fixed_mask=None, moving_mask=None, device="cpu", quality="balanced",
