@@ -19,7 +19,7 @@ from slicer import (
     vtkMRMLSegmentationNode,
     vtkMRMLSequenceNode,
 )
-from slicer.parameterNodeWrapper import Choice, Default, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -107,6 +107,7 @@ class DeepMultiModalRegParameterNode:
     model: str
     device: Annotated[str, Default("auto")]
     quality: Annotated[str, Choice(list(QUALITIES)), Default("balanced")]
+    refine: Annotated[int, WithinRange(0, 500)]
     output_transform: Annotated[bool, Default(True)]
     composed_transform: bool
     output_warped_volume: Annotated[bool, Default(True)]
@@ -231,7 +232,7 @@ class DeepMultiModalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         """Trained models of ``method`` (if the backend lists any); hidden for methods without."""
         from dmmreg import methods
 
-        models = methods.available_models(method) if hasattr(methods, "available_models") and method else []
+        models = methods.available_models(method) if method else []
         self.ui.modelComboBox.clear()
         for name, summary in models:
             self.ui.modelComboBox.addItem(name, name)

@@ -37,7 +37,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +53,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "brain-multicontrast"
 DEFAULT_ANTS_PYTHON = REPOSITORY / ".venv-bench" / "bin" / "python"
 ANTS_WORKER = Path(__file__).resolve().parent / "ants_worker.py"
+MEASURE = Path(__file__).resolve().parent / "measure_process.py"
 
 # file names of each subject's contrasts (all on one grid, aligned)
 SUBJECTS = {
@@ -139,17 +139,16 @@ def build_case(data_dir: Path, subject: str, contrast: str, seed: int, work_dir:
 
 def run_measured(command: list[str], log_path: Path) -> tuple[float, float]:
     """Run ``command`` with its output in ``log_path``; return its wall seconds and the peak
-    resident memory (MB) of its largest process (``wait4``'s ``ru_maxrss``, children included)."""
-    start = time.perf_counter()
+    resident memory (MB) of its largest process (``wait4``'s ``ru_maxrss``, children included),
+    both measured by ``measure_process.py``."""
+    figures = log_path.with_suffix(".measured.json")
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
+        code = subprocess.call([sys.executable, str(MEASURE), str(figures), *command], stdout=log, stderr=subprocess.STDOUT)
+    if code != 0:
         tail = log_path.read_text().strip().splitlines()[-5:]
-        raise RuntimeError(f"exit status {process.returncode}: " + " | ".join(tail))
-    return seconds, usage.ru_maxrss / 1024.0  # Linux reports kB
+        raise RuntimeError(f"exit status {code}: " + " | ".join(tail))
+    measured = json.loads(figures.read_text())
+    return measured["seconds"], measured["peak_mb"]
 
 
 def run_identity(case: Case, case_dir: Path) -> Run:

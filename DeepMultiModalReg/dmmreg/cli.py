@@ -42,6 +42,10 @@ def _add_register(sub) -> None:
     p.add_argument("--output-inverse-transform", help="the inverse transform (moving space to fixed space)")
     p.add_argument("--output-picture", help="PNG showing the result (slices, edges, deformation grid)")
     p.add_argument("--method", default="optimise", help="registration method (see `dmmreg methods`)")
+    p.add_argument("--model", help="learned methods: a trained model (.safetensors with its .json card, or the name "
+                   "of a bundled model; default: the method's bundled model, see `dmmreg models`)")
+    p.add_argument("--refine", type=int, default=0, metavar="N",
+                   help="learned methods: N iterations of the optimise method started from the network's answer")
     p.add_argument("--quality", default="balanced", choices=["fast", "balanced", "accurate"], help="speed/accuracy")
     p.add_argument("--similarity", choices=["nmi", "lncc", "mind"], help="similarity measure (optimise method)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -76,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_register(sub)
     _add_known_warp(sub)
     sub.add_parser("methods", help="list the registration methods")
+    sub.add_parser("models", help="list the trained models (bundled and the user's) with their cards")
     return parser
 
 
@@ -116,6 +121,13 @@ def run_register(args, progress: _Progress) -> dict:
             raise InputError(f"{args.initial_transform} holds a displacement field; --initial-transform takes an affine")
         initial = start.affine
     settings = {"similarity": args.similarity} if args.similarity else {}
+    if args.model or args.refine:
+        from .methods import LEARNED_METHODS
+
+        if args.method not in LEARNED_METHODS:
+            raise InputError(f"--model and --refine apply to the learned methods ({', '.join(LEARNED_METHODS)}), "
+                             f"not to {args.method!r}")
+        settings.update({"model": args.model, "refine": args.refine})
     result = register_pair(
         fixed, moving, method=args.method, fixed_mask=fixed_mask, moving_mask=moving_mask, device=args.device,
         quality=args.quality, initial_affine=initial,
@@ -161,6 +173,12 @@ def run_known_warp(args, progress: _Progress) -> dict:
     return {"outputs": {"volume": os.path.abspath(args.output), "transform": os.path.abspath(args.output_transform)}}
 
 
+def model_line(card: dict) -> str:
+    """One line describing a model card: name, method, dimension, where it is, validation numbers."""
+    validation = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in card.get("validation", {}).items())
+    return f"{card['name']}: {card['method']} {card['dimension']}D ({card['path']}){'; validation: ' + validation if validation else ''}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "methods":
@@ -168,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
 
         for name, summary in available_methods():
             print(f"{name}: {summary}")
+        return 0
+    if args.command == "models":
+        from .model_io import list_models
+
+        for card in list_models():
+            print(model_line(card))
         return 0
     progress = _Progress(getattr(args, "progress", "text"))
     start = time.perf_counter()

@@ -22,13 +22,45 @@ def normalised_mutual_information(
 ) -> torch.Tensor:
     """NMI ``(H(F) + H(M)) / H(F, M)`` with Gaussian Parzen windows, per batch item ``(B,)``.
 
-    003_2f2aa96e65959a3c.txt eqs. 1-3: the joint histogram sums, over the (sampled, weighted)
-    points, a Gaussian window at each bin centre whose FWHM is one bin width; it is normalised
-    to the joint distribution, marginals by summation.  Values lie in [1, 2]; 2 = identical.
-    Inputs may be images ``(B, 1, *shape)`` or samples ``(B, N)``, values in [0, 1].
-    Each value's window is evaluated at its 4 nearest bin centres only (the Gaussian is below
-    2e-5 of its peak beyond), which makes the histogram a sparse scatter instead of a dense
-    (N, bins) product."""
+    003_2f2aa96e65959a3c.txt eqs. 1-3, on the Parzen joint histogram of :func:`joint_distribution`
+    (marginals by summation).  Values lie in [1, 2]; 2 = identical.  Inputs may be images
+    ``(B, 1, *shape)`` or samples ``(B, N)``, values in [0, 1]; ``weight`` weighs the points."""
+    eps = 1e-10
+    joint = joint_distribution(fixed, moved, weight, bins)
+    pf, pm = joint.sum(dim=2), joint.sum(dim=1)
+    h_f = -(pf * torch.log(pf + eps)).sum(dim=1)
+    h_m = -(pm * torch.log(pm + eps)).sum(dim=1)
+    h_joint = -(joint * torch.log(joint + eps)).sum(dim=(1, 2))
+    return (h_f + h_m) / h_joint.clamp_min(eps)
+
+
+def mutual_information(
+    fixed: torch.Tensor,
+    moved: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bins: int = 32,
+) -> torch.Tensor:
+    """``MI = sum_ab p(a,b) log(p(a,b) / (p(a) p(b)))`` in nats, per batch item ``(B,)``, on the
+    Gaussian-Parzen joint histogram of :func:`joint_distribution` (004_b2c378d3610a3326.txt
+    sec. 2.1, whose loss is its negative).  Same inputs as :func:`normalised_mutual_information`."""
+    eps = 1e-10
+    joint = joint_distribution(fixed, moved, weight, bins)
+    independent = joint.sum(dim=2, keepdim=True) * joint.sum(dim=1, keepdim=True)
+    return (joint * torch.log((joint + eps) / (independent + eps))).sum(dim=(1, 2))
+
+
+def joint_distribution(
+    fixed: torch.Tensor,
+    moved: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bins: int = 64,
+) -> torch.Tensor:
+    """Joint intensity distribution ``(B, bins, bins)`` (rows: fixed bins), summing over the
+    (weighted) points a Gaussian window at each bin centre whose FWHM is one bin width
+    (003_2f2aa96e65959a3c.txt eqs. 1-3), normalised to sum 1.  Inputs: images ``(B, 1, *shape)``
+    or samples ``(B, N)``, values in [0, 1] (clamped).  Each value's window is evaluated at its
+    4 nearest bin centres only (the Gaussian is below 2e-5 of its peak beyond), which makes the
+    histogram a sparse scatter instead of a dense (N, bins) product."""
     b = fixed.shape[0]
     f = fixed.reshape(b, -1)
     m = moved.reshape(b, -1)
@@ -40,13 +72,7 @@ def normalised_mutual_information(
     cells = (index_f.unsqueeze(-1) * bins + index_m.unsqueeze(-2)).reshape(b, -1)
     joint = torch.zeros(b, bins * bins, dtype=f.dtype, device=f.device)
     joint = joint.scatter_add(1, cells, contributions.reshape(b, -1)).reshape(b, bins, bins)
-    joint = joint / joint.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-    eps = 1e-10
-    pf, pm = joint.sum(dim=2), joint.sum(dim=1)
-    h_f = -(pf * torch.log(pf + eps)).sum(dim=1)
-    h_m = -(pm * torch.log(pm + eps)).sum(dim=1)
-    h_joint = -(joint * torch.log(joint + eps)).sum(dim=(1, 2))
-    return (h_f + h_m) / h_joint.clamp_min(eps)
+    return joint / joint.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
 
 
 def _parzen_windows(values: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:

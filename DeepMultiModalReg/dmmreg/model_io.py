@@ -99,6 +99,20 @@ def load_model(path: str | os.PathLike, method: str | None = None, device="cpu")
     return model.to(device), card
 
 
+def list_models(method: str | None = None, dim: int | None = None) -> list[dict]:
+    """Cards of the bundled models (``models/``), each with its ``path`` added, optionally only
+    those of ``method`` and ``dim``; unreadable cards are skipped."""
+    cards = []
+    for card_path in sorted(BUNDLED_MODELS.glob("*.json")):
+        try:
+            card = read_card(card_path)
+        except InputError:
+            continue
+        if (method is None or card["method"] == method) and (dim is None or card["dimension"] == dim):
+            cards.append({**card, "path": str(card_path.with_suffix(".safetensors"))})
+    return cards
+
+
 def find_model(method: str, dim: int, model: str | None = None) -> Path:
     """The model file to use: ``model`` (a path, or the name of a bundled model), else the bundled
     model of ``method`` for ``dim``-D images."""
@@ -108,9 +122,8 @@ def find_model(method: str, dim: int, model: str | None = None) -> Path:
             if candidate.with_suffix(".json").exists():
                 return candidate.with_suffix(".json")
         raise InputError(f"model {model!r} not found (neither a file nor a bundled model in {BUNDLED_MODELS})")
-    for card_path in sorted(BUNDLED_MODELS.glob("*.json")):
-        card = read_card(card_path)
-        if card["method"] == method and card["dimension"] == dim:
-            return card_path
+    cards = list_models(method, dim)
+    if cards:
+        return Path(cards[0]["path"]).with_suffix(".json")
     raise InputError(f"no trained {dim}D model of method {method!r} is bundled in {BUNDLED_MODELS}; "
                      f"pass --model FILE.safetensors, or use --method optimise (needs no weights)")

@@ -51,6 +51,7 @@ class RegistrationParameters:
     model: str = ""
     device: str = "auto"
     quality: str = "balanced"
+    refine: int = 0
     output_transform: bool = True
     composed_transform: bool = False
     output_warped_volume: bool = True
@@ -63,7 +64,8 @@ class RegistrationParameters:
 
     def settings(self) -> dict:
         """The non-node settings, as stored in the result nodes' attributes."""
-        return {"method": self.method, "model": self.model, "device": self.device, "quality": self.quality}
+        return {"method": self.method, "model": self.model, "device": self.device, "quality": self.quality,
+                "refine": self.refine}
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +215,15 @@ def initial_affine_of(transform_node) -> np.ndarray | None:
 
 
 def check_settings(parameters: RegistrationParameters) -> None:
-    """``InputError`` for an unknown quality or device."""
+    """``InputError`` for an unknown quality or device, or a model / refinement for a method
+    that has no network."""
+    from .methods import LEARNED_METHODS
+
+    if (parameters.model or parameters.refine) and parameters.method not in LEARNED_METHODS:
+        raise InputError(f"a model and a refinement apply to the learned methods ({', '.join(LEARNED_METHODS)}), "
+                         f"not to '{parameters.method}'; choose one of them or clear the model and refinement")
+    if parameters.refine < 0:
+        raise InputError(f"refinement must be 0 or more iterations, not {parameters.refine}")
     if parameters.quality not in QUALITIES:
         raise InputError(f"quality must be one of {', '.join(QUALITIES)}, not '{parameters.quality}'")
     if parameters.device not in DEVICES:
@@ -267,6 +277,10 @@ class RegistrationJob:
         args = ["register", "--fixed", path["fixed.nii.gz"], "--moving", path["moving.nii.gz"],
                 "--output-transform", path["transform.h5"], "--method", p.method,
                 "--device", p.device, "--quality", p.quality, "--progress", "json"]
+        if p.model:
+            args += ["--model", p.model]
+        if p.refine:
+            args += ["--refine", str(p.refine)]
         if p.output_warped_volume:
             args += ["--output-volume", path["warped.nii.gz"]]
         if p.output_inverse_transform:
@@ -509,7 +523,7 @@ class SequenceRegistrationRun(_Run):
     def _frame_parameters(self) -> RegistrationParameters:
         p = self.parameters
         return RegistrationParameters(method=p.method, model=p.model, device=p.device, quality=p.quality,
-                                      output_transform=True, output_warped_volume=True)
+                                      refine=p.refine, output_transform=True, output_warped_volume=True)
 
     @property
     def finished(self) -> bool:

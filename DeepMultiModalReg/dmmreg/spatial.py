@@ -102,6 +102,15 @@ def sample(
     return values.reshape(*values.shape[:2], *out_shape)
 
 
+def inside_weight(points: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """What :func:`sample` of an all-ones image on ``geometry`` (zero padding) returns at
+    ``points (B, *out, dim)``: 1 inside, falling linearly to 0 over the voxel beyond each edge.
+    Returns ``(B, *out)``."""
+    index = apply_matrix(points, geometry.physical_to_index)
+    size = torch.as_tensor(geometry.size, dtype=index.dtype, device=index.device)
+    return torch.minimum(index + 1, size - index).clamp(0, 1).prod(dim=-1)
+
+
 def field_at(displacement: torch.Tensor, geometry: Geometry, points: torch.Tensor) -> torch.Tensor:
     """Displacement ``(B, dim, *shape)`` on ``geometry`` evaluated at ``points (B, *out, dim)``,
     linearly, clamped to the edge outside the grid; returns ``(B, *out, dim)``."""

@@ -142,6 +142,17 @@ def mean_loss(history: list[dict], stage: str, first: bool, count: int = 5, key:
     return float(np.mean(values[:count] if first else values[-count:]))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module of small-network tests: a second thread saves only
+    ~20 % of a training step on an idle 2-core machine, on a busy one its synchronisation made
+    training ~10x slower, and results then do not depend on the machine's thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def stroke_batches(stroke) -> dict[int, "TrainingBatch"]:
     """Known-warp training pairs (seed 0) of the stroke data, T1 moving, deformed T2 fixed:

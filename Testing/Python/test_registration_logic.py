@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import importlib.util
 import os
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 sitk = pytest.importorskip("SimpleITK")
@@ -187,6 +189,8 @@ def bad_input_cases(scene, stroke):
         "no moving volume": (dict(moving_volume=None), "select both"),
         "no output": (dict(moving_volume=moving, output_transform=False, output_warped_volume=False), "at least one output"),
         "unknown quality": (dict(moving_volume=moving, quality="best"), "quality must be"),
+        "refinement of optimise": (dict(moving_volume=moving, refine=10), "apply to the learned methods"),
+        "negative refinement": (dict(moving_volume=moving, method="midir", refine=-1), "0 or more iterations"),
         "non-linear initial transform": (dict(moving_volume=moving, initial_transform=scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "grid")), "must be linear"),
     }
 
@@ -292,6 +296,27 @@ def test_registration_end_to_end_matches_simpleitk(scene, oblique_case, tmp_path
     points = fixed_image.geometry.physical_points(np.array([[40.0, 60.0, 70.0], [80.0, 100.0, 60.0]])) * (-1, -1, 1)
     back = mrml.transform_points_ras(inverse, mrml.transform_points_ras(forward, points))
     assert np.abs(back - points).max() < 0.5
+
+
+@needs_cli
+def test_a_learned_method_runs_from_the_logic_with_its_model(scene, oblique_case, tmp_path):
+    from dmmreg.methods import method_class
+    from dmmreg.model_io import save_model
+
+    fixed_image, moving_image, _ = oblique_case
+    cls = method_class("midir")
+    torch.manual_seed(0)
+    model_path = save_model(cls(cls.config_class(dim=3, spacing_mm=4.0)), tmp_path / "midir-test.safetensors")
+    fixed = mrml.add_volume_node(scene, fixed_image, "T1 warped")
+    moving = mrml.add_volume_node(scene, moving_image, "FLAIR")
+    parameters = RegistrationParameters(fixed_volume=fixed, moving_volume=moving, method="midir",
+                                        model=str(model_path.with_suffix(".safetensors")), refine=5)
+    logic = RegistrationLogic(scene)
+    outputs = logic.run_to_end(logic.start(parameters))
+    assert outputs.transform.leaf.GetAttribute("DeepMultiModalReg.Method") == "midir"
+    settings = json.loads(outputs.transform.leaf.GetAttribute("DeepMultiModalReg.Settings"))
+    assert settings["model"].endswith("midir-test.safetensors") and settings["refine"] == 5
+    assert outputs.warped_volume is not None
 
 
 @needs_cli

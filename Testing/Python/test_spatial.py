@@ -227,3 +227,14 @@ def test_resample_image_preserves_a_linear_ramp(grid_3d, target_kind):
     keep = np.all((index >= 4) & (index <= np.asarray(grid_3d.size) - 5), axis=-1)
     assert keep.mean() > 0.2
     np.testing.assert_allclose(out[keep], (points @ c + offset)[keep], atol=1e-9)
+
+
+def test_inside_weight_equals_sampling_an_image_of_ones():
+    geometry = oblique_geometry()
+    rng = np.random.default_rng(0)
+    index = rng.uniform(-2, np.asarray(geometry.size) + 1, size=(1, 500, 3))
+    points = torch.from_numpy(geometry.physical_points(index))
+    ones = torch.ones(1, 1, *geometry.shape, dtype=torch.float64)
+    expected = spatial.sample(ones, geometry, points)[:, 0]
+    torch.testing.assert_close(spatial.inside_weight(points, geometry), expected, atol=1e-9, rtol=0)
+    assert 0 < float((expected == 0).double().mean()) < 1  # points inside, on the ramps and outside

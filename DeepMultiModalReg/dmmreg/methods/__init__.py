@@ -68,3 +68,11 @@ def method_class(name: str):
     if name not in LEARNED_METHODS:
         raise InputError(f"method {name!r} has no trained model; learned methods: {', '.join(LEARNED_METHODS)}")
     return _module(name).MODEL
+
+
+def available_models(method: str) -> list[tuple[str, str]]:
+    """``(path, summary)`` of the trained models of ``method`` (empty for ``optimise``)."""
+    from ..model_io import list_models
+
+    return [(card["path"], f"{card['name']}: {card['dimension']}D {method} model, "
+             f"{card.get('training', {}).get('data', 'training data not recorded')}") for card in list_models(method)]

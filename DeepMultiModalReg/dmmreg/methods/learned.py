@@ -321,7 +321,8 @@ def result_from_prediction(prediction: Prediction, geometry: Geometry, fixed_geo
 def registration_function(name: str):
     """``register(fixed, moving, ...)`` for the registry: loads the model (``model``: a path or a
     bundled model's name; default: the bundled model of method ``name`` for the images'
-    dimension) and runs :func:`register_with_model`."""
+    dimension) and runs :func:`register_with_model`.  ``quality`` is accepted for the registry's
+    common signature; a network's speed and accuracy are fixed by its model (use ``refine``)."""
 
     def register(fixed, moving, fixed_mask=None, moving_mask=None, device="cpu", quality="balanced",
                  initial_affine=None, progress=None, model=None, refine: int = 0, **overrides) -> RegistrationResult:

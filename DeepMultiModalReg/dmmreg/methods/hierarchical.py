@@ -1,0 +1,235 @@
+"""Dai et al., "Unsupervised hierarchical translation-based model for multi-modal medical image
+registration" (004_b2c378d3610a3326.txt): coarse registration, modal translation, then fine
+registration helped by the translated image; the final map is the coarse map composed with the
+fine one.
+
+The paper, section 2, and how it maps onto the framework
+--------------------------------------------------------
+Three U-nets, trained one after the other (sec. 3.1: "Networks are trained by stages. Weights of
+each network is frozen on completion of [its] training"), so ``stages = ("coarse",
+"translation", "fine")``; each stage's optimiser holds only its own network, and the networks
+of the other stages run without gradients.  There is no joint stage in the paper.
+
+* **G1, coarse registration** (sec. 2.1, eq. 1): ``(F, M) -> phi0`` and its inverse,
+  ``L1 = a1 Lsmooth(phi0) + b1 Lmi(M o phi0, F) + b1 Lmi(F o phi0^-1, M)``.  The paper takes the
+  "bidirectional registration strategy" and its equal weights from VoxelMorph [3]; VoxelMorph
+  obtains ``phi^-1`` by predicting a stationary velocity field ``v`` with ``phi = exp(v)`` and
+  ``phi^-1 = exp(-v)`` (scaling and squaring, ``velocity_steps`` squarings, VoxelMorph's 7), and
+  so does G1 here.
+* **G2, modal translation** (sec. 2.2, eq. 2): ``Mask = G2(F, M)``, ``M_t = M + Mask`` (the moving
+  image in the fixed image's contrast), ``L2 = a2 Lmi(Mask, M) + b2 Lmi(M_t, M) + l2 Lmse(M_t o
+  phi0, F)`` with ``phi0`` from the frozen G1.
+* **G3, fine registration** (sec. 2.3, eq. 3): ``phi1 = G3(F, M o phi0, M_t o phi0)``, ``phi =
+  phi0 o phi1``, ``L3 = a3 Lsmooth(phi1) + b3 Lmi(M o phi, F) + l3 Lmse(M_t o phi, F)``.
+* ``A o phi`` is ``A(phi(p))`` (VoxelMorph's notation, the paper's STN [14]), so in the
+  framework's resampling convention the final map is ``T(p) = T0(T1(p))``:
+  ``u(p) = u1(p) + u0(p + u1(p))`` (:func:`dmmreg.spatial.compose` with ``u1`` inner).
+* :meth:`HierarchicalRegistration.predict` returns that ``u``, no affine (the network is
+  deformable only; the framework pre-aligns affinely), no inverse (``phi1`` has none in the
+  paper; the framework inverts ``u`` numerically), and ``{"moving_in_fixed_contrast": M_t}``.
+
+Weights and losses (sec. 3.1): ``a1 = 0.02, b1 = 0.15; a2 = 0.02, b2 = 0.02, l2 = 2.5;
+a3 = 0.02, b3 = 0.1, l3 = 1.5``; Adam.
+
+Details the paper leaves open, reconstructed or chosen here
+-----------------------------------------------------------
+* "NMI" in this paper is the *negative mutual information* (sec. 1: "Negative Mutual Information
+  (NMI) [8]"; sec. 2.1: ``L = -sum p(a,b) log p(a,b) / (p(a) p(b))``), not the normalised MI of
+  :func:`dmmreg.losses.normalised_mutual_information`; :func:`dmmreg.losses.mutual_information`
+  is that sum, in nats, on the same Gaussian-Parzen histogram (``histogram_bins`` = 32:
+  the paper gives no bin count), over the whole model grid as in the paper (no masks).
+* ``Lsmooth = sum_p |grad u(p)|^2`` is taken as a mean over the voxels
+  (:func:`dmmreg.regularisers.diffusion`, physical derivatives of mm displacements), as Keras
+  losses are means; a sum would tie the weights to the image size.
+* ``Lmse = |A - B|^2`` likewise as the mean squared difference.
+* ``Lmi(Mask, M)``: the additive mask must be able to lower and raise intensities, so G2's
+  output goes through tanh (``Mask`` in (-1, 1); images are in [0, 1]); for the histogram the
+  mask is read as ``(Mask + 1) / 2`` (MI is invariant to that affine rescaling).  G2's output
+  convolution starts near zero, so an untrained G2 leaves ``M`` unchanged.
+* G3's inputs: the paper writes ``G3(F, M, M_t)``; since the final map is ``phi0 o phi1``, ``phi1``
+  acts on the coarse-warped images, so G3 sees ``M o phi0`` and ``M_t o phi0`` (as in the
+  recursive cascades [4] the paper cites).
+* Architecture: "three networks of U-Net [13] structure", "the similar U-Net architecture", no
+  sizes.  Each is the framework's :class:`~dmmreg.networks.unet.UNet` with VoxelMorph's widths [3]
+  (the code the paper builds on and compares with): 16 channels at full resolution, 32 at four
+  halvings, decoder 32, 32, 32, 16; inputs concatenated as channels; G1 outputs a velocity, G3 a
+  displacement (in voxels, converted to mm), G2 one mask channel.  G3 predicts the displacement
+  directly: the paper asks no inverse of ``phi1``.
+* Learning rate: not given ("the ADAM [18] optimizer"); 1e-4, VoxelMorph's, for every stage.
+* The paper is 2D (128 x 128 and 176 x 176 slices); the same networks run in 3D (``dim``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import spatial
+from ..errors import InputError
+from ..image import Geometry
+from ..losses import mean_squared_error, mutual_information
+from ..networks.unet import UNet
+from ..regularisers import diffusion
+from .learned import (LearnedMethod, ModelConfig, Prediction, TrainingBatch, index_to_physical_vectors,
+                      registration_function, warp_on_grid)
+
+
+@dataclass
+class HierarchicalConfig(ModelConfig):
+    """Settings of the Dai et al. model (defaults: 004_b2c378d3610a3326.txt sec. 3.1 weights).
+
+    ``encoder``/``decoder``: U-net channels of each of G1, G2, G3 (see the module docstring);
+    ``velocity_steps``: scaling-and-squaring steps of G1's velocity field; ``histogram_bins``:
+    bins of the mutual information; ``*_weight``: the paper's alpha, beta, lambda of eqs. 1-3;
+    ``learning_rate``: Adam's, every stage."""
+
+    encoder: tuple[int, ...] = (16, 32, 32, 32, 32)
+    decoder: tuple[int, ...] = (32, 32, 32, 16)
+    velocity_steps: int = 7
+    histogram_bins: int = 32
+    coarse_smooth_weight: float = 0.02  # alpha_1, eq. 1
+    coarse_mi_weight: float = 0.15  # beta_1, eq. 1 (both directions)
+    mask_mi_weight: float = 0.02  # alpha_2, eq. 2
+    translated_mi_weight: float = 0.02  # beta_2, eq. 2
+    translation_mse_weight: float = 2.5  # lambda_2, eq. 2
+    fine_smooth_weight: float = 0.02  # alpha_3, eq. 3
+    fine_mi_weight: float = 0.1  # beta_3, eq. 3
+    fine_mse_weight: float = 1.5  # lambda_3, eq. 3
+    learning_rate: float = 1e-4
+
+
+#: loss term of each stage -> the config field weighting it in the stage's total
+TERM_WEIGHTS = {
+    "coarse": {
+        "coarse_smooth": "coarse_smooth_weight",
+        "coarse_mi_moving_to_fixed": "coarse_mi_weight",
+        "coarse_mi_fixed_to_moving": "coarse_mi_weight",
+    },
+    "translation": {
+        "translation_mi_mask": "mask_mi_weight",
+        "translation_mi_translated": "translated_mi_weight",
+        "translation_mse": "translation_mse_weight",
+    },
+    "fine": {
+        "fine_smooth": "fine_smooth_weight",
+        "fine_mi": "fine_mi_weight",
+        "fine_mse": "fine_mse_weight",
+    },
+}
+
+
+class HierarchicalRegistration(LearnedMethod):
+    """G1 (coarse velocity), G2 (additive translation mask), G3 (fine displacement); see the
+    module docstring.  All images ``(B, 1, *shape)`` on one model grid, fields in mm."""
+
+    name = "hierarchical"
+    config_class = HierarchicalConfig
+    stages = ("coarse", "translation", "fine")
+    predicts_affine = False
+
+    def __init__(self, config: HierarchicalConfig):
+        super().__init__(config)
+        channels = dict(encoder=config.encoder, decoder=config.decoder)
+        self.coarse_net = UNet(config.dim, 2, config.dim, **channels)  # G1: (F, M) -> v
+        self.translation_net = UNet(config.dim, 2, 1, **channels)  # G2: (F, M) -> Mask
+        self.fine_net = UNet(config.dim, 3, config.dim, **channels)  # G3: (F, M o phi0, M_t o phi0) -> u1
+        self.stage_networks = {"coarse": self.coarse_net, "translation": self.translation_net, "fine": self.fine_net}
+
+    def coarse_velocity(self, fixed: torch.Tensor, moving: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+        """G1's stationary velocity ``v`` (mm): ``phi0 = exp(v)``, ``phi0^-1 = exp(-v)``."""
+        return index_to_physical_vectors(self.coarse_net(torch.cat([fixed, moving], dim=1)), geometry)
+
+    def exponential(self, velocity: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+        """Displacement (mm) of ``exp(velocity)`` by scaling and squaring."""
+        return spatial.integrate_velocity(velocity, geometry, self.config.velocity_steps)
+
+    def coarse(self, fixed: torch.Tensor, moving: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+        """G1: displacement ``u0`` (mm) of ``phi0 = exp(v)``."""
+        return self.exponential(self.coarse_velocity(fixed, moving, geometry), geometry)
+
+    def translate(self, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """G2: the additive mask (in (-1, 1)) and the translated moving image ``M_t = M + Mask``
+        (on the moving image's own, unwarped, positions)."""
+        mask = torch.tanh(self.translation_net(torch.cat([fixed, moving], dim=1)))
+        return mask, moving + mask
+
+    def fine(self, fixed: torch.Tensor, coarse_moving: torch.Tensor, coarse_translated: torch.Tensor,
+             geometry: Geometry) -> torch.Tensor:
+        """G3: displacement ``u1`` (mm) of ``phi1``, registering the coarse-warped moving images to ``fixed``."""
+        return index_to_physical_vectors(
+            self.fine_net(torch.cat([fixed, coarse_moving, coarse_translated], dim=1)), geometry)
+
+    def _fine_and_final(self, fixed, moving, translated, coarse, geometry) -> tuple[torch.Tensor, torch.Tensor]:
+        """``u1`` and the final ``u`` of ``phi0 o phi1``: ``u(p) = u1(p) + u0(p + u1(p))``."""
+        fine = self.fine(fixed, warp_on_grid(moving, geometry, coarse), warp_on_grid(translated, geometry, coarse), geometry)
+        return fine, spatial.compose(fine, coarse, geometry)
+
+    def predict(self, fixed: torch.Tensor, moving: torch.Tensor, geometry: Geometry) -> Prediction:
+        coarse = self.coarse(fixed, moving, geometry)
+        _, translated = self.translate(fixed, moving)
+        _, final = self._fine_and_final(fixed, moving, translated, coarse, geometry)
+        return Prediction(displacement=final, synthesised={"moving_in_fixed_contrast": translated})
+
+    def loss_terms(self, batch: TrainingBatch, stage: str) -> dict[str, torch.Tensor]:
+        """Eq. 1 (``"coarse"``), eq. 2 (``"translation"``) or eq. 3 (``"fine"``) of
+        004_b2c378d3610a3326.txt; the networks of earlier stages run frozen (no gradients)."""
+        self._check_stage(stage)
+        terms = {"coarse": self._coarse_terms, "translation": self._translation_terms, "fine": self._fine_terms}[stage](batch)
+        weights = TERM_WEIGHTS[stage]
+        terms["total"] = sum(getattr(self.config, weights[key]) * value for key, value in terms.items())
+        return terms
+
+    def _negative_mi(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        return -mutual_information(first, second, bins=self.config.histogram_bins).mean()
+
+    def _coarse_terms(self, batch: TrainingBatch) -> dict[str, torch.Tensor]:
+        """Eq. 1: smoothness of ``u0`` and the NMI (negative MI) of both directions."""
+        fixed, moving, geometry = batch.fixed, batch.moving, batch.geometry
+        velocity = self.coarse_velocity(fixed, moving, geometry)
+        forward, backward = self.exponential(velocity, geometry), self.exponential(-velocity, geometry)
+        return {
+            "coarse_smooth": diffusion(forward, geometry).mean(),
+            "coarse_mi_moving_to_fixed": self._negative_mi(warp_on_grid(moving, geometry, forward), fixed),
+            "coarse_mi_fixed_to_moving": self._negative_mi(warp_on_grid(fixed, geometry, backward), moving),
+        }
+
+    def _translation_terms(self, batch: TrainingBatch) -> dict[str, torch.Tensor]:
+        """Eq. 2 with G1 frozen: structure of the mask and of ``M_t`` (negative MI with ``M``), and
+        the MSE of ``M_t o phi0`` to ``F``."""
+        fixed, moving, geometry = batch.fixed, batch.moving, batch.geometry
+        with torch.no_grad():
+            coarse = self.coarse(fixed, moving, geometry)
+        mask, translated = self.translate(fixed, moving)
+        return {
+            "translation_mi_mask": self._negative_mi((mask + 1) / 2, moving),
+            "translation_mi_translated": self._negative_mi(translated, moving),
+            "translation_mse": mean_squared_error(fixed, warp_on_grid(translated, geometry, coarse)).mean(),
+        }
+
+    def _fine_terms(self, batch: TrainingBatch) -> dict[str, torch.Tensor]:
+        """Eq. 3 with G1 and G2 frozen: smoothness of ``u1``, negative MI of ``M o phi`` to ``F``
+        and MSE of ``M_t o phi`` to ``F``, ``phi = phi0 o phi1``."""
+        fixed, moving, geometry = batch.fixed, batch.moving, batch.geometry
+        with torch.no_grad():
+            coarse = self.coarse(fixed, moving, geometry)
+            _, translated = self.translate(fixed, moving)
+        fine, final = self._fine_and_final(fixed, moving, translated, coarse, geometry)
+        return {
+            "fine_smooth": diffusion(fine, geometry).mean(),
+            "fine_mi": self._negative_mi(warp_on_grid(moving, geometry, final), fixed),
+            "fine_mse": mean_squared_error(fixed, warp_on_grid(translated, geometry, final)).mean(),
+        }
+
+    def make_optimisers(self, stage: str) -> list[torch.optim.Optimizer]:
+        """One Adam (sec. 3.1) over the stage's own network; the others stay frozen."""
+        self._check_stage(stage)
+        return [torch.optim.Adam(self.stage_networks[stage].parameters(), lr=self.config.learning_rate)]
+
+    def _check_stage(self, stage: str) -> None:
+        if stage not in self.stages:
+            raise InputError(f"the hierarchical model has stages {', '.join(self.stages)}, not {stage!r}")
+
+
+MODEL = HierarchicalRegistration
+register = registration_function("hierarchical")
