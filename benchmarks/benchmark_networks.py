@@ -5,7 +5,7 @@ the weights).
 For each method: parameters, the size of its weights file, and the seconds and peak memory of
 one ``dmmreg register --method NAME --model M`` run (affine pre-alignment, network on the 2 mm
 model grid, writing the transform) on the bundled stroke T1 against its known-warp-deformed T2,
-each in its own process measured by ``measure_process.py``.  Writes
+each in its own process measured as ``benchmark_registration.run_measured`` does.  Writes
 ``networks-<date>-<host>-<n>cpu.md`` to ``--out``.
 
     python benchmarks/benchmark_networks.py [--methods fire midir ...] [--out benchmarks/results]
@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from benchmark_registration import run_measured
 
 from dmmreg.image import read_image, write_image
 from dmmreg.known_warp import deform, random_known_warp
@@ -32,7 +31,6 @@ from dmmreg.model_io import save_model
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 STROKE = REPOSITORY / "Resources" / "SampleData" / "stroke"
-MEASURE = Path(__file__).resolve().parent / "measure_process.py"
 
 
 def main() -> None:
@@ -51,15 +49,15 @@ def main() -> None:
             model = cls(cls.config_class(dim=3))
             weights = work / f"{name}.safetensors"
             save_model(model, weights)
-            figures = work / f"{name}.json.measured"
-            command = [sys.executable, str(MEASURE), str(figures), sys.executable, "-m", "dmmreg", "register",
-                       "--fixed", str(work / "fixed.nii.gz"), "--moving", str(STROKE / "T1.nii.gz"),
-                       "--method", name, "--model", str(weights), "--output-transform", str(work / f"{name}.h5"),
-                       "--progress", "none"]
-            code = subprocess.call(command)
-            measured = json.loads(figures.read_text()) if code == 0 else {"seconds": float("nan"), "peak_mb": float("nan")}
+            command = [sys.executable, "-m", "dmmreg", "register", "--fixed", str(work / "fixed.nii.gz"),
+                       "--moving", str(STROKE / "T1.nii.gz"), "--method", name, "--model", str(weights),
+                       "--output-transform", str(work / f"{name}.h5"), "--progress", "none"]
+            try:
+                seconds, peak, outcome = *run_measured(command, work / f"{name}.log"), "ok"
+            except RuntimeError as error:
+                seconds, peak, outcome = float("nan"), float("nan"), f"failed: {error}"
             rows.append((name, sum(p.numel() for p in model.parameters()), weights.stat().st_size / 2**20,
-                         measured["seconds"], measured["peak_mb"], code))
+                         seconds, peak, outcome))
             print(f"{name}: {rows[-1]}", flush=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +65,7 @@ def main() -> None:
     lines = [f"# Default 3D networks, inference cost, {stamp}, {os.cpu_count()} CPUs", "",
              "Stroke T1 to its known-warp-deformed T2 (124x160x140, 1 mm), model grid 2 mm, untrained weights; "
              "seconds and peak memory of the whole `dmmreg register` process (pre-alignment included).", "",
-             "| method | parameters | weights MB | seconds | peak MB | exit |", "|---|---|---|---|---|---|"]
+             "| method | parameters | weights MB | seconds | peak MB | run |", "|---|---|---|---|---|---|"]
     lines += [f"| {n} | {p:,} | {mb:.1f} | {s:.1f} | {m:.0f} | {c} |" for n, p, mb, s, m, c in rows]
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_register(sub)
     _add_known_warp(sub)
     sub.add_parser("methods", help="list the registration methods")
-    sub.add_parser("models", help="list the trained models (bundled and the user's) with their cards")
+    sub.add_parser("models", help="list the bundled trained models with their cards")
     return parser
 
 
@@ -122,11 +122,9 @@ def run_register(args, progress: _Progress) -> dict:
         initial = start.affine
     settings = {"similarity": args.similarity} if args.similarity else {}
     if args.model or args.refine:
-        from .methods import LEARNED_METHODS
+        from .methods import check_model_options
 
-        if args.method not in LEARNED_METHODS:
-            raise InputError(f"--model and --refine apply to the learned methods ({', '.join(LEARNED_METHODS)}), "
-                             f"not to {args.method!r}")
+        check_model_options(args.method, args.model, args.refine)
         settings.update({"model": args.model, "refine": args.refine})
     result = register_pair(
         fixed, moving, method=args.method, fixed_mask=fixed_mask, moving_mask=moving_mask, device=args.device,

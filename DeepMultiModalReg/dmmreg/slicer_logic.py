@@ -217,13 +217,9 @@ def initial_affine_of(transform_node) -> np.ndarray | None:
 def check_settings(parameters: RegistrationParameters) -> None:
     """``InputError`` for an unknown quality or device, or a model / refinement for a method
     that has no network."""
-    from .methods import LEARNED_METHODS
+    from .methods import check_model_options
 
-    if (parameters.model or parameters.refine) and parameters.method not in LEARNED_METHODS:
-        raise InputError(f"a model and a refinement apply to the learned methods ({', '.join(LEARNED_METHODS)}), "
-                         f"not to '{parameters.method}'; choose one of them or clear the model and refinement")
-    if parameters.refine < 0:
-        raise InputError(f"refinement must be 0 or more iterations, not {parameters.refine}")
+    check_model_options(parameters.method, parameters.model, parameters.refine)
     if parameters.quality not in QUALITIES:
         raise InputError(f"quality must be one of {', '.join(QUALITIES)}, not '{parameters.quality}'")
     if parameters.device not in DEVICES:

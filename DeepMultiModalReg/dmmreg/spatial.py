@@ -203,12 +203,17 @@ def resample_image(volume: torch.Tensor, source: Geometry, target: Geometry, mod
     if target == source:
         return volume
     if mode == "linear":
-        sigma_vox = [
-            max(0.0, (t * t - s * s)) ** 0.5 / 2 / s for s, t in zip(source.spacing, target.spacing)
-        ]
-        volume = gaussian_smooth(volume, sigma_vox)
+        volume = antialias(volume, source, target.spacing)
     points = grid_points(target, device=volume.device, dtype=volume.dtype)[None]
     return sample(volume, source, points, mode=mode)
+
+
+def antialias(volume: torch.Tensor, source: Geometry, target_spacing) -> torch.Tensor:
+    """``volume (B, C, *shape)`` on ``source`` smoothed before resampling at ``target_spacing``
+    (mm, x y z): a Gaussian of sigma ``sqrt(s_t^2 - s_s^2) / 2`` mm per axis (none where the
+    target is not coarser)."""
+    sigma_vox = [max(0.0, (t * t - s * s)) ** 0.5 / 2 / s for s, t in zip(source.spacing, target_spacing)]
+    return gaussian_smooth(volume, sigma_vox)
 
 
 def gaussian_smooth(volume: torch.Tensor, sigma_voxels) -> torch.Tensor:

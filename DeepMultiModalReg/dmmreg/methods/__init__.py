@@ -70,6 +70,16 @@ def method_class(name: str):
     return _module(name).MODEL
 
 
+def check_model_options(method: str, model: str | None, refine: int) -> None:
+    """``InputError`` unless ``model`` and ``refine`` fit ``method``: both are for the learned
+    methods only, and ``refine`` counts iterations (0 or more)."""
+    if (model or refine) and method not in LEARNED_METHODS:
+        raise InputError(f"--model and --refine apply to the learned methods ({', '.join(LEARNED_METHODS)}), "
+                         f"not to {method!r}: choose one of them, or leave the model and refinement out")
+    if refine < 0:
+        raise InputError(f"the refinement (--refine) must be 0 or more iterations, not {refine}")
+
+
 def available_models(method: str) -> list[tuple[str, str]]:
     """``(path, summary)`` of the trained models of ``method`` (empty for ``optimise``)."""
     from ..model_io import list_models

@@ -228,17 +228,8 @@ def onto_model_grid(volume: torch.Tensor, source: Geometry, geometry: Geometry, 
     """``volume (B, C, *shape)`` on ``source`` resampled onto the model grid through ``p -> A p``
     (zeros outside), smoothed first (linear mode) when the model grid is coarser."""
     if mode == "linear":
-        sigma = [max(0.0, geometry.spacing[0] ** 2 - s * s) ** 0.5 / 2 / s for s in source.spacing]
-        volume = spatial.gaussian_smooth(volume, sigma)
+        volume = spatial.antialias(volume, source, geometry.spacing)
     return spatial.warp(volume, source, geometry, affine=affine, mode=mode)
-
-
-def starting_affine(model: LearnedMethod, fixed: Image, moving: Image, fixed_mask, moving_mask, device, progress) -> np.ndarray:
-    """``A0``: an affine pre-alignment by ``optimise`` for deformable-only networks, a
-    centre-of-mass shift for networks that predict their own affine."""
-    from .optimise import prealign
-
-    return prealign(fixed, moving, fixed_mask, moving_mask, device, affine=not model.predicts_affine, progress=progress)
 
 
 def register_with_model(
@@ -263,18 +254,21 @@ def register_with_model(
     if fixed.dim != model.dim:
         raise InputError(f"the model {model_name or model.name!r} is {model.dim}D but the images are {fixed.dim}D; "
                          f"choose a {fixed.dim}D model")
-    a0 = initial_affine if initial_affine is not None else starting_affine(
-        model, fixed, moving, fixed_mask, moving_mask, device, report)
+    if initial_affine is None:  # deformable-only networks: affine pre-alignment; else centre of mass
+        from .optimise import prealign
+
+        initial_affine = prealign(fixed, moving, fixed_mask, moving_mask, device, affine=not model.predicts_affine,
+                                  progress=report)
     cfg = model.config
     geometry = model_grid(fixed.geometry, cfg.spacing_mm, cfg.margin_mm)
     report("predict", 0.3, f"running the {model.name} network on a {'x'.join(map(str, geometry.size))} grid at {cfg.spacing_mm:g} mm")
     fixed_t = onto_model_grid(image_tensor(fixed, fixed_mask, device), fixed.geometry, geometry)
     moving_t = onto_model_grid(image_tensor(moving, moving_mask, device), moving.geometry, geometry,
-                               affine=torch.as_tensor(a0, dtype=torch.float32, device=device))
+                               affine=torch.as_tensor(initial_affine, dtype=torch.float32, device=device))
     model.to(device).eval()
     with torch.no_grad():
         prediction = model.predict(fixed_t, moving_t, geometry)
-        result = result_from_prediction(prediction, geometry, fixed.geometry, moving.geometry, a0)
+        result = result_from_prediction(prediction, geometry, fixed.geometry, moving.geometry, initial_affine)
     result.method = model.name
     result.settings = {"model": model_name, **asdict(cfg), "refine": refine}
     if refine > 0:
@@ -298,12 +292,12 @@ def result_from_prediction(prediction: Prediction, geometry: Geometry, fixed_geo
     if prediction.inverse_displacement is None:
         w = spatial.invert_displacement(u, geometry)
     else:
-        points = spatial.grid_points(geometry, device=u.device, dtype=torch.float64)
-        points = spatial.apply_matrix(points, a_n.to(u.device))[None]
+        grid = spatial.grid_points(geometry, device=u.device, dtype=torch.float64)
+        points = spatial.apply_matrix(grid, a_n.to(u.device))[None]
         back = points + spatial.field_at(prediction.inverse_displacement[:1].double(), geometry, points)
         if prediction.inverse_affine is not None:
             back = spatial.apply_matrix(back, prediction.inverse_affine[0].double())
-        w = spatial.to_channels_first(back - spatial.grid_points(geometry, device=u.device, dtype=torch.float64))
+        w = spatial.to_channels_first(back - grid)
     synthesised = {
         key: Image(image[0, 0].detach().float().cpu().numpy(), geometry) for key, image in prediction.synthesised.items()
     }
@@ -328,11 +322,12 @@ def registration_function(name: str):
                  initial_affine=None, progress=None, model=None, refine: int = 0, **overrides) -> RegistrationResult:
         from ..model_io import find_model, load_model
 
+        from . import check_model_options
+
         if overrides:
             raise InputError(f"method {name!r} does not take {', '.join(sorted(overrides))} (these are "
                              "settings of the optimise method)")
-        if refine < 0:
-            raise InputError(f"--refine must be 0 or more iterations, got {refine}")
+        check_model_options(name, model, refine)
         path = find_model(name, fixed.dim, model)
         network, card = load_model(path, method=name, device=device)
         return register_with_model(network, fixed, moving, fixed_mask, moving_mask, device, initial_affine,

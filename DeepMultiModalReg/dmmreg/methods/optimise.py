@@ -337,12 +337,8 @@ def prealign(fixed: Image, moving: Image, fixed_mask: Image | None = None, movin
     levels = dict(affine_levels_mm=(8.0, 4.0, 2.0), affine_iterations=(60, 30, 20)) if affine else dict(
         affine_levels_mm=(8.0,), affine_iterations=(0,))
     settings = settings_for("balanced", deformable=False, deformable_levels_mm=(), deformable_iterations=(), **levels)
-    report = progress or (lambda *_: None)
-
-    def scaled(stage, fraction, message):
-        report("prealign", 0.3 * fraction, message)
-
-    return register_optimise(fixed, moving, fixed_mask, moving_mask, device, settings, None, scaled).affine
+    return register_optimise(fixed, moving, fixed_mask, moving_mask, device, settings, None,
+                             _as_stage(progress, "prealign", 0.0, 0.3)).affine
 
 
 def refine_result(result: RegistrationResult, fixed: Image, moving: Image, fixed_mask: Image | None, moving_mask: Image | None,
@@ -356,13 +352,16 @@ def refine_result(result: RegistrationResult, fixed: Image, moving: Image, fixed
     levels = _prepare_levels(fixed, moving, fixed_mask, moving_mask, [finest], device)
     refined = replace(result, settings={**result.settings, "refine_settings": asdict(settings)})
     affine = torch.as_tensor(result.affine, dtype=torch.float32, device=device)
-    report = progress or (lambda *_: None)
-
-    def scaled(stage, fraction, message):
-        report("refine", 0.6 + 0.4 * fraction, message)
-
-    _deformable_stage(refined, levels, settings, affine, torch.Generator().manual_seed(settings.seed), scaled, 0, iterations, device)
+    _deformable_stage(refined, levels, settings, affine, torch.Generator().manual_seed(settings.seed),
+                      _as_stage(progress, "refine", 0.6, 0.4), 0, iterations, device)
     return refined
+
+
+def _as_stage(progress: ProgressCallback | None, stage: str, start: float, span: float) -> ProgressCallback:
+    """``progress`` for a part of a larger run: every report becomes stage ``stage`` with its
+    fraction mapped to ``start + span * fraction``."""
+    report = progress or (lambda *_: None)
+    return lambda _, fraction, message: report(stage, start + span * fraction, message)
 
 
 def register(fixed, moving, fixed_mask=None, moving_mask=None, device="cpu", quality="balanced",

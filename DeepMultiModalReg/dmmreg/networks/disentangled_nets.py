@@ -27,19 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvBlock, conv, conv_transpose, instance_norm, make_activation, small_init, upsample_to
-
-
-class ResidualBlock(nn.Module):
-    """``x + (conv3x3, IN, ReLU, conv3x3, IN)(x)`` (MUNIT's content-encoder block)."""
-
-    def __init__(self, dim: int, channels: int):
-        super().__init__()
-        self.body = nn.Sequential(ConvBlock(dim, channels, channels, norm="instance", activation="relu"),
-                                  ConvBlock(dim, channels, channels, norm="instance", activation=None))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+from .layers import ConvBlock, ResidualBlock, conv, conv_transpose, instance_norm, make_activation, small_init, upsample_to
 
 
 def adaptive_instance_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

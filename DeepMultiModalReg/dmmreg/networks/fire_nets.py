@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import ConvBlock, conv, instance_norm, make_activation, small_init, upsample_to
+from .layers import ConvBlock, ResidualBlock, conv, instance_norm, small_init, upsample_to
 
 
 def cyclegan_init(module: nn.Module) -> nn.Module:
@@ -28,21 +28,6 @@ def cyclegan_init(module: nn.Module) -> nn.Module:
     return module
 
 
-class ResnetBlock(nn.Module):
-    """``x + IN(conv(act(IN(conv(x)))))`` with 3x3(x3) convolutions of ``channels`` (the CycleGAN
-    residual block used by G, F (ReLU) and the non-rigid subnetwork (LeakyReLU), sec. 3.2-3.3)."""
-
-    def __init__(self, dim: int, channels: int, activation: str = "relu"):
-        super().__init__()
-        self.body = nn.Sequential(
-            conv(dim, channels, channels, 3, bias=False), instance_norm(dim, channels), make_activation(activation),
-            conv(dim, channels, channels, 3, bias=False), instance_norm(dim, channels),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-
 class SynthesisEncoder(nn.Sequential):
     """G (sec. 3.2): ``(B, 1, *shape) -> (B, channels[2], *ceil(shape / 4))``.
 
@@ -56,7 +41,7 @@ class SynthesisEncoder(nn.Sequential):
             ConvBlock(dim, 1, first, kernel_size=7, **norm),
             ConvBlock(dim, first, second, kernel_size=3, stride=2, **norm),
             ConvBlock(dim, second, latent, kernel_size=3, stride=2, **norm),
-            *(ResnetBlock(dim, latent) for _ in range(blocks)),
+            *(ResidualBlock(dim, latent) for _ in range(blocks)),
         )
         cyclegan_init(self)
 
@@ -73,7 +58,7 @@ class SynthesisDecoder(nn.Module):
         super().__init__()
         first, second, latent = channels
         norm = dict(norm="instance", activation="relu")
-        self.residual = nn.Sequential(*(ResnetBlock(dim, latent) for _ in range(blocks)))
+        self.residual = nn.Sequential(*(ResidualBlock(dim, latent) for _ in range(blocks)))
         self.up_second = ConvBlock(dim, latent, second, kernel_size=3, **norm)
         self.up_first = ConvBlock(dim, second, first, kernel_size=3, **norm)
         self.image_block = ConvBlock(dim, first, image_channels, kernel_size=7, **norm)
@@ -128,7 +113,7 @@ class NonrigidSubnet(nn.Module):
         block = dict(kernel_size=3, norm="instance", activation="leaky_relu")
         self.moving_branch = ConvBlock(dim, in_channels, channels, **block)
         self.fixed_branch = ConvBlock(dim, in_channels, channels, **block)
-        self.joint = ResnetBlock(dim, 2 * channels, activation="leaky_relu")
+        self.joint = ResidualBlock(dim, 2 * channels, activation="leaky_relu")
         self.head = small_init(conv(dim, 2 * channels, dim, 3))
 
     def forward(self, moved_features: torch.Tensor, fixed_features: torch.Tensor) -> torch.Tensor:

@@ -25,14 +25,6 @@ def instance_norm(dim: int, channels: int, affine: bool = True) -> nn.Module:
     return (nn.InstanceNorm3d if dim == 3 else nn.InstanceNorm2d)(channels, affine=affine)
 
 
-def batch_norm(dim: int, channels: int) -> nn.Module:
-    return (nn.BatchNorm3d if dim == 3 else nn.BatchNorm2d)(channels)
-
-
-def avg_pool(dim: int, kernel_size: int = 2) -> nn.Module:
-    return (nn.AvgPool3d if dim == 3 else nn.AvgPool2d)(kernel_size)
-
-
 def max_pool(dim: int, kernel_size: int = 2) -> nn.Module:
     return (nn.MaxPool3d if dim == 3 else nn.MaxPool2d)(kernel_size)
 
@@ -40,7 +32,7 @@ def max_pool(dim: int, kernel_size: int = 2) -> nn.Module:
 class ConvBlock(nn.Sequential):
     """``n`` x (convolution, optional normalisation, activation).
 
-    ``norm``: None, "instance" or "batch"; ``activation``: "leaky_relu" (slope 0.2), "relu",
+    ``norm``: None or "instance"; ``activation``: "leaky_relu" (slope 0.2), "relu",
     "tanh" or None; ``stride`` applies to the first convolution only."""
 
     def __init__(self, dim: int, in_channels: int, out_channels: int, n: int = 1, kernel_size: int = 3,
@@ -51,13 +43,24 @@ class ConvBlock(nn.Sequential):
                                stride=stride if i == 0 else 1, bias=norm is None))
             if norm == "instance":
                 layers.append(instance_norm(dim, out_channels))
-            elif norm == "batch":
-                layers.append(batch_norm(dim, out_channels))
             elif norm is not None:
                 raise ValueError(f"unknown norm {norm!r}")
             if activation is not None:
                 layers.append(make_activation(activation))
         super().__init__(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """``x + (conv 3x3(x3), IN, activation, conv 3x3(x3), IN)(x)``: the residual block of CycleGAN
+    and MUNIT (used by FIRE's G, F and non-rigid subnet, and by the disentangled content encoders)."""
+
+    def __init__(self, dim: int, channels: int, activation: str = "relu"):
+        super().__init__()
+        self.body = nn.Sequential(ConvBlock(dim, channels, channels, norm="instance", activation=activation),
+                                  ConvBlock(dim, channels, channels, norm="instance", activation=None))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
 
 
 def make_activation(name: str) -> nn.Module:
