@@ -29,13 +29,13 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from dmmreg.errors import InputError
-from dmmreg.slicer_logic import (
-    QUALITIES,
-    RegistrationFailed,
-    RegistrationLogic,
-    RegistrationParameters,
-    device_choices,
-    start_gpu_probe,
+from dmmreg.slicer_logic import QUALITIES, RegistrationFailed, RegistrationLogic, RegistrationParameters
+from dmmreg.slicer_widget import (
+    BackgroundRun,
+    DeviceChoice,
+    MethodModelChoice,
+    ParameterNodeBinding,
+    select_by_data,
 )
 
 MaskNode = Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
@@ -117,155 +117,65 @@ class DeepMultiModalRegParameterNode:
     reference_is_fixed: bool
 
 
-class DeepMultiModalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class DeepMultiModalRegWidget(BackgroundRun, DeviceChoice, MethodModelChoice, ParameterNodeBinding,
+                              ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Inputs, method, outputs; Apply starts the background run and becomes Cancel."""
 
-    POLL_MILLISECONDS = 100
+    RUN_ERRORS = (RegistrationFailed, InputError)
+    RUN_NAME = RUN_TITLE = "Registration"
+    RUN_FAILED_STATUS = "Failed; see the log."
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self.run = None
         self._shownLogLines = 0
-        self._gpuProbe = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/DeepMultiModalReg.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self._loadPanel("DeepMultiModalReg")
         self.logic = DeepMultiModalRegLogic()
 
-        self._fillMethods()
-        self._fillDevices(None)
-        self._gpuProbe = start_gpu_probe()
-        self.timer = qt.QTimer()
-        self.timer.setInterval(self.POLL_MILLISECONDS)
-        self.timer.connect("timeout()", self.onTimer)
-        self.timer.start()
-
-        self.ui.methodComboBox.connect("currentIndexChanged(int)", self.onMethodChanged)
-        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self._setupMethods()
+        self._setupDevices()
+        self._setupBackgroundRun(self.ui.applyButton, self.ui.progressBar, self.ui.stageLabel)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.initializeParameterNode()
-
-    def cleanup(self):
-        if self.run is not None:
-            self.run.cancel()
-        self.timer.stop()
-        self.removeObservers()
-
-    def enter(self):
-        self.initializeParameterNode()
-
-    def exit(self):
-        self.setParameterNode(None)
-
-    def onSceneStartClose(self, caller, event):
-        if self.run is not None:
-            self.run.cancel()
-            self._endRun("cancelled (scene closed)")
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
+        self._bindToScene()
 
     # ---- parameter node
 
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.fixed_volume:
-            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-            if volumes and not volumes[0].IsA("vtkMRMLLabelMapVolumeNode"):
-                self._parameterNode.fixed_volume = volumes[0]
-
-    def setParameterNode(self, parameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateFromParameterNode)
-        self._parameterNode = parameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateFromParameterNode)
-            self._updateFromParameterNode()
+        self._chooseDefaultVolume("fixed_volume")
 
     def _updateFromParameterNode(self, caller=None, event=None):
         """Choosers whose items are not their values, and the Apply button state."""
         p = self._parameterNode
-        for combo, value in ((self.ui.methodComboBox, p.method), (self.ui.deviceComboBox, p.device),
-                             (self.ui.modelComboBox, p.model)):
-            index = combo.findData(value)
-            if index >= 0 and index != combo.currentIndex:
-                combo.setCurrentIndex(index)
+        select_by_data(((self.ui.methodComboBox, p.method), (self.ui.deviceComboBox, p.device),
+                        (self.ui.modelComboBox, p.model)))
         if self.run is None:
             ready = bool(p.fixed_volume and (p.moving_volume or p.sequence))
             self.ui.applyButton.enabled = ready
             self.ui.applyButton.toolTip = "Run the registration" if ready else "Select a fixed and a moving volume (or a sequence)"
 
-    # ---- choosers filled from the backend
+    # ---- choosers filled from the backend (see MethodModelChoice)
 
-    def _fillMethods(self):
-        from dmmreg.methods import available_methods
-
-        self._methodSummaries = dict(available_methods())
-        self.ui.methodComboBox.clear()
-        for name in self._methodSummaries:
-            self.ui.methodComboBox.addItem(name, name)
-        self.onMethodChanged()
-
-    def onMethodChanged(self, index=None):
-        name = self.ui.methodComboBox.currentData
-        self.ui.methodSummaryLabel.text = self._methodSummaries.get(name, "")
-        if self._parameterNode and name and self._parameterNode.method != name:
-            self._parameterNode.method = name
-        self._fillModels(name)
-
-    def _fillModels(self, method):
-        """Trained models of ``method`` (if the backend lists any); hidden for methods without."""
-        from dmmreg import methods
-
-        models = methods.available_models(method) if method else []
-        self.ui.modelComboBox.clear()
-        for name, summary in models:
-            self.ui.modelComboBox.addItem(name, name)
-            self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, summary, qt.Qt.ToolTipRole)
+    def _modelsFilled(self, method, models):
+        """The model chooser is hidden for methods without trained models."""
         self.ui.modelComboBox.visible = self.ui.modelComboBoxLabel.visible = bool(models)
 
     def onModelChanged(self, index=None):
+        """The model's summary replaces the method's."""
+        MethodModelChoice.onModelChanged(self, index)
         if self._parameterNode:
-            self._parameterNode.model = self.ui.modelComboBox.currentData or ""
             summary = self.ui.modelComboBox.itemData(self.ui.modelComboBox.currentIndex, qt.Qt.ToolTipRole)
             if summary:
                 self.ui.methodSummaryLabel.text = summary
 
-    def _fillDevices(self, probeOutput):
-        current = self._parameterNode.device if self._parameterNode else "auto"
-        self.ui.deviceComboBox.clear()
-        for value, label in device_choices(probeOutput):
-            self.ui.deviceComboBox.addItem(label, value)
-        index = self.ui.deviceComboBox.findData(current)
-        self.ui.deviceComboBox.setCurrentIndex(max(index, 0))
-
-    def onDeviceChanged(self, index=None):
-        if self._parameterNode and self.ui.deviceComboBox.currentData:
-            self._parameterNode.device = self.ui.deviceComboBox.currentData
-
-    # ---- running
+    # ---- running (see BackgroundRun)
 
     def onApplyButton(self):
-        if self.run is not None:
-            self.run.cancel()
-            self._endRun("Cancelled; the scene is unchanged.")
-            return
-        if not self._ensureTorch():
+        if not self._mayStartRun():
             return
         p = self._parameterNode
         parameters = RegistrationParameters.from_object(p)
@@ -274,71 +184,26 @@ class DeepMultiModalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         try:
             if p.sequence:
                 reference = None if p.reference_is_fixed else p.reference_frame
-                self.run = self.logic.registration.start_sequence(parameters, p.sequence, reference)
+                run = self.logic.registration.start_sequence(parameters, p.sequence, reference)
             else:
-                self.run = self.logic.registration.start(parameters)
+                run = self.logic.registration.start(parameters)
         except InputError as error:
             slicer.util.errorDisplay(str(error), windowTitle="Registration inputs")
             return
-        self.ui.applyButton.text = "Cancel"
-        self.ui.applyButton.toolTip = "Stop the registration (nothing is added to the scene)"
-        self.ui.progressBar.value = 0
-        self.ui.stageLabel.text = "starting"
+        self._runStarted(run, "Stop the registration (nothing is added to the scene)")
 
-    def _ensureTorch(self):
-        """PyTorch for the background process, from the PyTorch extension (installed on first
-        use after the user agrees); torch itself is never imported in Slicer's process here."""
-        try:
-            import PyTorchUtils
-        except ImportError:
-            slicer.util.errorDisplay("This module needs the PyTorch extension; install it from the Extensions Manager.")
-            return False
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if torchLogic.torchInstalled():
-            return True
-        with slicer.util.tryWithErrorDisplay("PyTorch could not be installed.", waitCursor=True):
-            if torchLogic.installTorch(askConfirmation=True) is not None:
-                return True
-        return False
-
-    def onTimer(self):
-        if self._gpuProbe is not None and not self._gpuProbe.running:
-            self._fillDevices([line for kind, line in self._gpuProbe.poll() if kind == "log"])
-            self._gpuProbe = None
-        if self.run is None:
-            return
-        self.run.poll()
-        self.ui.progressBar.value = int(round(100 * self.run.fraction))
-        self.ui.stageLabel.text = f"{self.run.stage}: {self.run.message}" if self.run.message else self.run.stage
-        for line in self.run.log[self._shownLogLines:]:
+    def _showRunLog(self, run):
+        for line in run.log[self._shownLogLines:]:
             self.ui.logTextEdit.appendPlainText(line)
-        self._shownLogLines = len(self.run.log)
-        if self.run.finished:
-            self._finishRun()
+        self._shownLogLines = len(run.log)
 
-    def _finishRun(self):
-        run, self.run = self.run, None
-        try:
-            outputs = run.finish()
-        except (RegistrationFailed, InputError) as error:
-            self._endRun("Failed; see the log.")
-            slicer.util.errorDisplay(f"Registration failed: {error}", windowTitle="Registration")
-            return
+    def _finishRun(self, outputs):
         self._endRun("Done.")
-        self._show(outputs)
-
-    def _show(self, outputs):
         if outputs.warped_volume is not None:
             slicer.util.setSliceViewerLayers(background=self._parameterNode.fixed_volume,
                                              foreground=outputs.warped_volume, foregroundOpacity=0.5)
         if outputs.browser is not None:
             slicer.modules.sequences.toolBar().setActiveBrowserNode(outputs.browser)
-
-    def _endRun(self, message):
-        self.run = None
-        self.ui.applyButton.text = "Apply"
-        self.ui.stageLabel.text = message
-        self._updateFromParameterNode()
 
 
 class DeepMultiModalRegLogic(ScriptedLoadableModuleLogic):

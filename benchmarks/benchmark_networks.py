@@ -1,6 +1,6 @@
-"""Inference cost of each learned method's default 3D network (not its accuracy: no trained
-weights are bundled yet, so the networks are freshly initialised; the cost does not depend on
-the weights).
+"""Inference cost of each learned method's default 3D network, at the papers' sizes (not its
+accuracy: the networks are freshly initialised, as the cost does not depend on the weights;
+the bundled models' accuracy is measured by ``benchmark_registration.py --models``).
 
 For each method: parameters, the size of its weights file, and the seconds and peak memory of
 one ``dmmreg register --method NAME --model M`` run (affine pre-alignment, network on the 2 mm

@@ -19,7 +19,10 @@ Each method's estimate ``T`` is scored on the fixed grid:
 
 Methods: ``identity`` (no registration: the starting point), ``optimise`` (``dmmreg register
 --method optimise``), ``ants-affine`` / ``ants-syn`` (antspyx 'Affine' / 'SyN', mutual
-information) and, with ``--include-syn-s``, ``ants-syn-s`` ('antsRegistrationSyN[s]', slow).
+information), with ``--include-syn-s``, ``ants-syn-s`` ('antsRegistrationSyN[s]', slow), and
+with ``--models NAME ... --refine N ...`` trained models, each network alone (``--refine 0``)
+or refined by N optimise iterations (``NAME+refineN``); "registration s" is the registration
+without the process start-up.
 
 Writes ``registration-<date>-<host>-<n>cpu.csv`` and ``.md`` (a table per case and a mean per
 method) to ``--out``.  See benchmarks/README.md.
@@ -167,6 +170,48 @@ def run_optimise(case: Case, case_dir: Path) -> Run:
     return Run(read_result(transform_path, case.truth.fixed_geometry, case.moving.geometry), seconds, peak)
 
 
+def untrained_copy(model: str, folder: Path) -> str:
+    """A freshly initialised network with ``model``'s configuration, saved in ``folder``: its
+    output is (almost) zero, so registering with it measures the affine pre-alignment alone."""
+    import torch
+
+    from dmmreg.methods import method_class
+    from dmmreg.model_io import find_model, read_card, save_model
+
+    card = read_card(find_model("", 0, model))
+    cls = method_class(card["method"])
+    torch.manual_seed(0)
+    path = folder / f"{card['name']}-untrained.safetensors"
+    save_model(cls(cls.config_class.from_dict(card["config"])), path, training={"data": "none: untrained baseline"})
+    return str(path)
+
+
+def model_runner(model: str, refine: int, untrained: bool = False):
+    """A runner for a trained model (``dmmreg register --model NAME [--refine N]``), or for an
+    untrained copy of it (``untrained``: the pre-alignment baseline); the registration's own
+    seconds (without process start-up) come from its JSON progress."""
+
+    def run(case: Case, case_dir: Path) -> Run:
+        from dmmreg.model_io import find_model, read_card
+
+        method = read_card(find_model("", 0, model))["method"]
+        stem = Path(model).stem  # file names of this run's transform and log
+        label = f"{stem}-untrained" if untrained else f"{stem}+refine{refine}" if refine else stem
+        chosen = untrained_copy(model, case_dir) if untrained else model
+        transform_path = case_dir / f"{label}.h5"
+        command = [
+            sys.executable, "-m", "dmmreg", "register", "--fixed", str(case.fixed_path), "--moving",
+            str(case.moving_path), "--output-transform", str(transform_path), "--method", method, "--model", chosen,
+            "--refine", str(refine), "--progress", "json",
+        ]
+        seconds, peak = run_measured(command, case_dir / f"{label}.log")
+        done = json.loads((case_dir / f"{label}.log").read_text().strip().splitlines()[-1])
+        return Run(read_result(transform_path, case.truth.fixed_geometry, case.moving.geometry), seconds, peak,
+                   registration_seconds=done.get("seconds", math.nan))
+
+    return run
+
+
 def ants_runner(method: str, ants_python: Path, threads: int):
     """A runner for one ANTs transform type, through ``ants_worker.py`` in the ANTs virtualenv."""
 
@@ -226,6 +271,7 @@ TABLE_COLUMNS = {  # column: (header, format)
     "folding_percent": ("folding %", "{:.3f}"),
     "sdlogj": ("SD log J", "{:.3f}"),
     "seconds": ("seconds", "{:.1f}"),
+    "registration_seconds": ("registration s", "{:.1f}"),
     "peak_memory_mb": ("peak MB", "{:.0f}"),
 }
 
@@ -294,6 +340,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="fixed contrasts (the moving image is always the T1)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="known-warp seeds")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--models", nargs="+", default=[], metavar="NAME",
+                        help="also run these trained models (names from `dmmreg models`, or files)")
+    parser.add_argument("--refine", nargs="+", type=int, default=[0], metavar="N",
+                        help="refinement iterations to run each model with (0: the network alone)")
+    parser.add_argument("--untrained-baseline", action="store_true",
+                        help="also run an untrained copy of each model (what the affine pre-alignment alone gives)")
     parser.add_argument("--include-syn-s", action="store_true",
                         help="also run antsRegistrationSyN[s] (~26 min per 240x240x155 pair on 2 cores)")
     parser.add_argument("--syn-s-cases", type=int, default=1, help="run antsRegistrationSyN[s] on the first N cases")
@@ -310,6 +362,11 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     runners = {"identity": run_identity, "optimise": run_optimise}
     runners.update({method: ants_runner(method, args.ants_python, args.ants_threads) for method in ANTS_TRANSFORMS})
+    for model in args.models:
+        if args.untrained_baseline:
+            runners[f"{Path(model).stem}-untrained"] = model_runner(model, 0, untrained=True)
+        for refine in args.refine:
+            runners[f"{model}+refine{refine}" if refine else model] = model_runner(model, refine)
     cases = [(s, c, seed) for s in args.subjects for c in args.contrasts for seed in args.seeds]
     rows = []
     with tempfile.TemporaryDirectory(prefix="dmmreg-bench-") as scratch:
@@ -317,7 +374,7 @@ def main(argv: list[str]) -> int:
         for index, (subject, contrast, seed) in enumerate(cases):
             case = build_case(args.data, subject, contrast, seed, work_dir)
             case_dir = case.fixed_path.parent
-            methods = list(args.methods)
+            methods = list(args.methods) + [name for name in runners if name not in METHODS and name not in ANTS_TRANSFORMS]
             if args.include_syn_s and index < args.syn_s_cases:
                 methods.append("ants-syn-s")
             for method in methods:

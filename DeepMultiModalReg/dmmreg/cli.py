@@ -1,4 +1,5 @@
-"""Command line: ``dmmreg register | known-warp | methods`` (also ``python -m dmmreg``).
+"""Command line: ``dmmreg register | known-warp | train | finetune | methods | models`` (also
+``python -m dmmreg``).
 
 Exit codes: 0 success, 2 bad input (the message names the problem and the fix), 1 any other
 failure.  Outputs are written only after the registration succeeded, each atomically, so a
@@ -41,6 +42,9 @@ def _add_register(sub) -> None:
     p.add_argument("--output-volume", help="the moving image resampled onto the fixed grid")
     p.add_argument("--output-inverse-transform", help="the inverse transform (moving space to fixed space)")
     p.add_argument("--output-picture", help="PNG showing the result (slices, edges, deformation grid)")
+    p.add_argument("--output-synthesised", metavar="PREFIX",
+                   help="methods that synthesise images (fire, disentangled, hierarchical): write each one, on the "
+                   "fixed grid, as PREFIX_<key>.nii.gz (keys: moving_in_fixed_contrast, fixed_in_moving_contrast)")
     p.add_argument("--method", default="optimise", help="registration method (see `dmmreg methods`)")
     p.add_argument("--model", help="learned methods: a trained model (.safetensors with its .json card, or the name "
                    "of a bundled model; default: the method's bundled model, see `dmmreg models`)")
@@ -48,13 +52,18 @@ def _add_register(sub) -> None:
                    help="learned methods: N iterations of the optimise method started from the network's answer")
     p.add_argument("--quality", default="balanced", choices=["fast", "balanced", "accurate"], help="speed/accuracy")
     p.add_argument("--similarity", choices=["nmi", "lncc", "mind"], help="similarity measure (optimise method)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--fixed-mask", help="label map: register only where > 0 in the fixed image")
     p.add_argument("--moving-mask", help="label map: use only moving-image points where > 0")
     p.add_argument("--initial-transform", help="affine ITK transform file (fixed to moving) to start from")
+    _add_runtime_options(p, "cuda: the GPU", "stage, fraction 0..1, message")
+
+
+def _add_runtime_options(p, cuda: str, json_fields: str) -> None:
+    """``--device``, ``--threads`` and ``--progress``, shared by every command that computes."""
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=f"auto: CUDA when available; {cuda}")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     p.add_argument("--progress", choices=["text", "json", "none"], default="text",
-                   help="json: one JSON object per line on stdout (stage, fraction 0..1, message)")
+                   help=f"json: one JSON object per line on stdout ({json_fields})")
 
 
 def _add_known_warp(sub) -> None:
@@ -73,14 +82,70 @@ def _add_known_warp(sub) -> None:
     p.add_argument("--max-nonrigid-mm", type=float, default=8.0)
 
 
+def _add_training_data(p) -> None:
+    """Options shared by ``train`` and ``finetune``: data, pairs, schedule, output, device."""
+    p.add_argument("--cohort", action="append", metavar="C", help="cohort: a folder SUBJECT/CONTRAST.nii.gz (with optional "
+                   "labels.* and mask.*) or a CSV with a subject column and one column per contrast (plus labels, mask); "
+                   "repeat for several cohorts")
+    p.add_argument("--name", help="name of the new model (its files NAME.safetensors and NAME.json)")
+    p.add_argument("--output", help="write the model here instead of the user models folder")
+    p.add_argument("--contrasts", help="comma-separated contrasts to use (default: all of the cohort's)")
+    p.add_argument("--pair", action="append", metavar="FIXED:MOVING",
+                   help="allowed (fixed, moving) contrast pair, e.g. t2:t1; repeat; 'synthetic' = drawn from labels")
+    p.add_argument("--synthetic", type=float, default=0.0, metavar="P",
+                   help="probability of replacing a contrast by a synthetic one drawn from the label map")
+    p.add_argument("--across-subjects", action="store_true", help="pair different subjects (validated by Dice of labels)")
+    p.add_argument("--validation-subjects", help="comma-separated subjects held out for validation "
+                   "(default: the last subject; with one subject, held-out random warps of it)")
+    p.add_argument("--validation-pairs", type=int, default=6, help="known-warp pairs validated on after every epoch")
+    p.add_argument("--steps", default=None, help="updates per stage: N, or STAGE=N,STAGE=N")
+    p.add_argument("--epoch-steps", type=int, default=100, help="updates between validations and checkpoints")
+    p.add_argument("--augmentation", choices=["residual", "strong"], help="spatial augmentation: residual (small affine, "
+                   "for networks run after affine pre-alignment) or strong (20-50%% affine, FIRE); default: by method")
+    p.add_argument("--no-intensity-augmentation", action="store_true")
+    p.add_argument("--learning-rate", type=float, help="largest learning rate (the method's ratios between its "
+                   "optimisers are kept); default: the method's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-folder", help="checkpoints and job.json (default: the user models folder's runs/NAME)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing user model of this name")
+    _add_runtime_options(p, "cuda: the GPU, in mixed precision (bfloat16)",
+                         "stage, fraction, message and a record: the loss terms or the validation numbers")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a new model of a learned method on cohorts",
+                       description="Train a learned method on known-warp pairs drawn from cohorts, validate on "
+                       "held-out subjects after every epoch, keep the best weights and write NAME.safetensors with "
+                       "its model card into the user models folder. Ctrl-C (or SIGTERM) stops after the current "
+                       "update with a checkpoint; --resume RUN_FOLDER continues.")
+    p.add_argument("--method", help="learned method (see `dmmreg methods`)")
+    p.add_argument("--dim", type=int, choices=[2, 3], default=3, help="3: volumes; 2: axial slices")
+    p.add_argument("--spacing", type=float, help="model grid spacing (mm); default: the method's")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="method setting (see the method's config), e.g. encoder_channels=8,16,16,16,16")
+    p.add_argument("--resume", metavar="RUN_FOLDER", help="continue the run saved in RUN_FOLDER")
+    _add_training_data(p)
+
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a trained model on your cohort",
+                       description="Continue training MODEL (bundled or user) on the cohort's pairs and write a new "
+                       "model; the base model is never changed. Its card records the validation before and after.")
+    p.add_argument("--model", required=True, help="base model: a name from `dmmreg models` or a .safetensors file")
+    _add_training_data(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmmreg", description="DeepMultiModalReg: multi-modal MRI registration")
     parser.add_argument("--version", action="version", version=f"dmmreg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_register(sub)
     _add_known_warp(sub)
+    _add_train(sub)
+    _add_finetune(sub)
     sub.add_parser("methods", help="list the registration methods")
-    sub.add_parser("models", help="list the bundled trained models with their cards")
+    models = sub.add_parser("models", help="list the bundled and user models with their cards")
+    models.add_argument("--json", action="store_true", help="print the cards as JSON")
     return parser
 
 
@@ -101,6 +166,11 @@ def run_register(args, progress: _Progress) -> dict:
     from .transform_io import check_transform_path, read_result, write_transform
 
     outputs = [args.output_transform, args.output_volume, args.output_inverse_transform, args.output_picture]
+    if args.output_synthesised:
+        from .synthesis import SYNTHESISING_METHODS, check_synthesising, synthesised_path
+
+        check_synthesising(args.method)
+        outputs += [synthesised_path(args.output_synthesised, key) for key in SYNTHESISING_METHODS[args.method]]
     _check_output_paths(outputs)
     check_transform_path(args.output_transform)
     if args.output_inverse_transform:
@@ -132,6 +202,9 @@ def run_register(args, progress: _Progress) -> dict:
         progress=lambda stage, fraction, message: progress(stage, 0.02 + 0.9 * fraction, message) if stage != "done" else None,
         **settings,
     )
+    if args.output_synthesised and not result.synthesised:
+        raise InputError(f"the {args.method} model synthesised no images; choose a model that does, or leave out "
+                         "--output-synthesised")
     progress("write", 0.93, "writing outputs")
     write_transform(result, args.output_transform)
     written = {"transform": os.path.abspath(args.output_transform)}
@@ -149,6 +222,14 @@ def run_register(args, progress: _Progress) -> dict:
         save_registration_picture(fixed, moving, result, args.output_picture,
                                   title=f"{args.method}: {os.path.basename(args.moving)} to {os.path.basename(args.fixed)}")
         written["picture"] = os.path.abspath(args.output_picture)
+    if args.output_synthesised:
+        from .image import write_image
+        from .synthesis import on_fixed_grid, synthesised_path
+
+        for key, image in sorted(result.synthesised.items()):
+            path = synthesised_path(args.output_synthesised, key)
+            write_image(on_fixed_grid(image, fixed.geometry), path)
+            written[f"synthesised_{key}"] = os.path.abspath(path)
     return {"outputs": written, "seconds": round(result.seconds, 2)}
 
 
@@ -171,10 +252,99 @@ def run_known_warp(args, progress: _Progress) -> dict:
     return {"outputs": {"volume": os.path.abspath(args.output), "transform": os.path.abspath(args.output_transform)}}
 
 
+def _config_value(text: str):
+    """``KEY=VALUE`` values: numbers, booleans, comma-separated tuples, else strings."""
+    def one(item: str):
+        for convert in (int, float):
+            try:
+                return convert(item)
+            except ValueError:
+                pass
+        return {"true": True, "false": False}.get(item.lower(), item)
+
+    return [one(v) for v in text.split(",")] if "," in text else one(text)
+
+
+def training_job(args):
+    """The :class:`~dmmreg.training_jobs.TrainingJob` of ``train`` / ``finetune`` arguments."""
+    from .model_io import find_model, read_card
+    from .training_jobs import TrainingJob
+
+    if not args.cohort:
+        raise InputError("give the training data with --cohort (a folder or a CSV file)")
+    if not args.name:
+        raise InputError("give the new model a name with --name")
+    config, base = {}, None
+    if args.command == "finetune":
+        base = args.model
+        method = read_card(find_model("", 0, args.model))["method"]
+    else:
+        if not args.method:
+            raise InputError("choose the method to train with --method (see `dmmreg methods`)")
+        method = args.method
+        config = {"dim": args.dim}
+        if args.spacing:
+            config["spacing_mm"] = args.spacing
+        for item in args.config:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise InputError(f"--config {item!r}: write KEY=VALUE")
+            config[key.strip()] = _config_value(value.strip())
+    steps = 500
+    if args.steps:
+        if "=" in args.steps:
+            steps = {k.strip(): int(v) for k, v in (part.split("=") for part in args.steps.split(","))}
+        else:
+            steps = int(args.steps)
+    pairs = None
+    if args.pair:
+        pairs = [p.split(":") for p in args.pair]
+        if any(len(p) != 2 for p in pairs):
+            raise InputError(f"--pair takes FIXED:MOVING, e.g. t2:t1 (got {', '.join(args.pair)})")
+    return TrainingJob(
+        method=method, cohorts=[os.path.abspath(c) for c in args.cohort], name=args.name, config=config, base_model=base,
+        contrasts=args.contrasts.split(",") if args.contrasts else None, contrast_pairs=pairs, synthetic=args.synthetic,
+        across_subjects=args.across_subjects,
+        validation_subjects=args.validation_subjects.split(",") if args.validation_subjects else None,
+        validation_pairs=args.validation_pairs, steps=steps, epoch_steps=args.epoch_steps, spatial=args.augmentation,
+        intensity=not args.no_intensity_augmentation, learning_rate=args.learning_rate, seed=args.seed,
+        device=args.device, output=args.output,
+    )
+
+
+def run_training(args, progress: _Progress) -> dict:
+    """``train`` / ``finetune``: run (or resume) the job; SIGINT/SIGTERM cancel after the current
+    update, leaving the run folder's checkpoint and no model file."""
+    import signal
+
+    from .model_io import user_models_folder
+    from .training_jobs import resume_job, run_job
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    requested = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: requested.append(True))
+    cancel = lambda: bool(requested)  # noqa: E731
+    if getattr(args, "resume", None):
+        card = resume_job(args.resume, progress, cancel)
+    else:
+        job = training_job(args)
+        run_folder = args.run_folder or user_models_folder() / "runs" / job.name
+        card = run_job(job, run_folder, progress, cancel, overwrite=args.overwrite)
+    from .model_io import read_card
+
+    contents = read_card(card)
+    return {"outputs": {"model": str(card.with_suffix(".safetensors")), "card": str(card)},
+            "validation": contents.get("validation", {})}
+
+
 def model_line(card: dict) -> str:
     """One line describing a model card: name, method, dimension, where it is, validation numbers."""
     validation = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in card.get("validation", {}).items())
-    return f"{card['name']}: {card['method']} {card['dimension']}D ({card['path']}){'; validation: ' + validation if validation else ''}"
+    return f"{card['name']}: {card['method']} {card['dimension']}D ({card.get('origin', 'file')}: {card['path']}){'; validation: ' + validation if validation else ''}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,18 +358,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models":
         from .model_io import list_models
 
-        for card in list_models():
+        cards = list_models()
+        if args.json:
+            print(json.dumps(cards, indent=2))
+        for card in [] if args.json else cards:
             print(model_line(card))
+        if not cards and not args.json:
+            from .model_io import BUNDLED_MODELS, user_models_folder
+
+            print(f"no models in {BUNDLED_MODELS} or {user_models_folder()}", file=sys.stderr)
         return 0
     progress = _Progress(getattr(args, "progress", "text"))
     start = time.perf_counter()
+    commands = {"register": run_register, "known-warp": run_known_warp, "train": run_training, "finetune": run_training}
+    from .training import Cancelled
+
     try:
-        summary = (run_register if args.command == "register" else run_known_warp)(args, progress)
+        summary = commands[args.command](args, progress)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         if progress.mode == "json":
             progress("error", 1.0, str(exc))
         return 2
+    except Cancelled as exc:
+        print(f"error: {exc}; no model was written", file=sys.stderr, flush=True)
+        if progress.mode == "json":
+            progress("cancelled", 1.0, str(exc))
+        return 130
     except KeyboardInterrupt:
         print("error: cancelled; no output was written", file=sys.stderr, flush=True)
         return 130

@@ -232,10 +232,10 @@ def write_image(image: Image, path: str | os.PathLike) -> None:
     import SimpleITK as sitk
 
     path = os.fspath(path)
-    _atomic_write(path, lambda tmp: sitk.WriteImage(to_sitk(image), tmp, True))
+    atomic_write(path, lambda tmp: sitk.WriteImage(to_sitk(image), tmp, True))
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
     """Call ``write(tmp_path)`` then move the file into place, so a failure never leaves a
     half-written file where an earlier result was."""
     directory = os.path.dirname(os.path.abspath(path))

@@ -19,9 +19,40 @@ import os
 from pathlib import Path
 
 from .errors import InputError
+from .image import atomic_write
 
 CARD_FORMAT = "dmmreg-model/1"
 BUNDLED_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def user_models_folder() -> Path:
+    """Where trained and fine-tuned models go: ``$DMMREG_MODELS``, else
+    ``$XDG_DATA_HOME/DeepMultiModalReg/models`` (default ``~/.local/share/...``)."""
+    if os.environ.get("DMMREG_MODELS"):
+        return Path(os.environ["DMMREG_MODELS"]).expanduser()
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "DeepMultiModalReg" / "models"
+
+
+def model_folders() -> list[tuple[str, Path]]:
+    """``[("bundled", models/), ("user", user folder)]``: where models are looked up, in order."""
+    return [("bundled", BUNDLED_MODELS), ("user", user_models_folder())]
+
+
+def check_new_model_path(path: Path, overwrite: bool = False) -> Path:
+    """``path`` (``.safetensors``) if a new model may be written there: never inside the
+    bundled ``models/`` folder (those are made by ``scripts/train_bundled_models.py``), never
+    over an existing model unless ``overwrite``, never with a bundled model's name."""
+    path = Path(path).with_suffix(".safetensors")
+    if path.resolve().parent == BUNDLED_MODELS.resolve():
+        raise InputError(f"{path} is in the bundled models folder {BUNDLED_MODELS}; write trained models into "
+                         f"the user models folder ({user_models_folder()}) or give another --output")
+    if (BUNDLED_MODELS / f"{path.stem}.json").exists():
+        raise InputError(f"{path.stem!r} is the name of a bundled model; choose another --name")
+    if path.with_suffix(".json").exists() and not overwrite:
+        raise InputError(f"a model {path.with_suffix('.json')} exists already; choose another --name "
+                         "(or pass --overwrite to replace it)")
+    return path
 
 
 def save_model(model, path: str | os.PathLike, **card) -> Path:
@@ -35,7 +66,8 @@ def save_model(model, path: str | os.PathLike, **card) -> Path:
     weights = Path(path).with_suffix(".safetensors")
     card_path = weights.with_suffix(".json")
     weights.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
+             if not k.startswith(model.training_only)}
     contents = {
         "format": CARD_FORMAT,
         "name": weights.stem,
@@ -45,12 +77,9 @@ def save_model(model, path: str | os.PathLike, **card) -> Path:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **card,
     }
-    temporary = weights.with_name(weights.name + ".tmp")
-    save_file(state, str(temporary), metadata={"method": model.name})
-    os.replace(temporary, weights)
-    temporary = card_path.with_name(card_path.name + ".tmp")
-    temporary.write_text(json.dumps(contents, indent=2, default=_json_default) + "\n")
-    os.replace(temporary, card_path)
+    text = json.dumps(contents, indent=2, default=_json_default) + "\n"
+    atomic_write(str(weights), lambda tmp: save_file(state, tmp, metadata={"method": model.name}))
+    atomic_write(str(card_path), lambda tmp: Path(tmp).write_text(text))
     return card_path
 
 
@@ -91,38 +120,42 @@ def load_model(path: str | os.PathLike, method: str | None = None, device="cpu")
     cls = method_class(card["method"])
     model = cls(cls.config_class.from_dict(card["config"]))
     state = load_file(str(weights), device=str(device))
-    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    expected = {k for k in model.state_dict() if not k.startswith(model.training_only)}
+    missing, unexpected = expected - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:
         raise InputError(f"{weights} does not match the {card['method']} network (missing {sorted(missing)[:3]}, "
                          f"unexpected {sorted(unexpected)[:3]}); it was made by another version")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)  # training-only parts (e.g. discriminators) keep their initial weights
     return model.to(device), card
 
 
 def list_models(method: str | None = None, dim: int | None = None) -> list[dict]:
-    """Cards of the bundled models (``models/``), each with its ``path`` added, optionally only
-    those of ``method`` and ``dim``; unreadable cards are skipped."""
+    """Cards of the bundled models, then the user's, each with ``path`` (its weights) and
+    ``origin`` ("bundled" or "user") added, optionally only those of ``method`` and ``dim``;
+    unreadable cards are skipped."""
     cards = []
-    for card_path in sorted(BUNDLED_MODELS.glob("*.json")):
-        try:
-            card = read_card(card_path)
-        except InputError:
-            continue
-        if (method is None or card["method"] == method) and (dim is None or card["dimension"] == dim):
-            cards.append({**card, "path": str(card_path.with_suffix(".safetensors"))})
+    for origin, folder in model_folders():
+        for card_path in sorted(folder.glob("*.json")):
+            try:
+                card = read_card(card_path)
+            except InputError:
+                continue
+            if (method is None or card["method"] == method) and (dim is None or card["dimension"] == dim):
+                cards.append({**card, "path": str(card_path.with_suffix(".safetensors")), "origin": origin})
     return cards
 
 
 def find_model(method: str, dim: int, model: str | None = None) -> Path:
-    """The model file to use: ``model`` (a path, or the name of a bundled model), else the bundled
-    model of ``method`` for ``dim``-D images."""
+    """The model card to use: ``model`` (a path, or the name of a bundled or user model), else
+    the bundled model of ``method`` for ``dim``-D images."""
     if model is not None:
-        candidates = [Path(model), BUNDLED_MODELS / f"{model}.json"]
+        candidates = [Path(model)] + [folder / f"{model}.json" for _, folder in model_folders()]
         for candidate in candidates:
             if candidate.with_suffix(".json").exists():
                 return candidate.with_suffix(".json")
-        raise InputError(f"model {model!r} not found (neither a file nor a bundled model in {BUNDLED_MODELS})")
-    cards = list_models(method, dim)
+        raise InputError(f"model {model!r} not found (neither a file nor a model in {BUNDLED_MODELS} or "
+                         f"{user_models_folder()}); see `dmmreg models`")
+    cards = [card for card in list_models(method, dim) if card["origin"] == "bundled"]
     if cards:
         return Path(cards[0]["path"]).with_suffix(".json")
     raise InputError(f"no trained {dim}D model of method {method!r} is bundled in {BUNDLED_MODELS}; "

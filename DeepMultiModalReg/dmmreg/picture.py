@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from .image import Image, _atomic_write, normalise_intensity
+from .image import Image, atomic_write, normalise_intensity
 from .result import RegistrationResult
 
 
@@ -98,5 +98,5 @@ def save_registration_picture(
         axes[row, 0].set_ylabel(view)
     fig.suptitle(title or f"{result.method}: fixed edges (orange) over the moving image")
     fig.tight_layout()
-    _atomic_write(os.fspath(path), lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    atomic_write(os.fspath(path), lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
     plt.close(fig)

@@ -360,7 +360,7 @@ class RegistrationOutputs:
     nodes: list = field(default_factory=list)
 
 
-class _Run:
+class BackgroundRun:
     """Shared progress state of a running registration: ``stage``, ``fraction``, ``message``, ``log``."""
 
     def __init__(self):
@@ -382,14 +382,17 @@ class _Run:
         return reports
 
 
-class RegistrationRun(_Run):
+class RegistrationRun(BackgroundRun):
     """A pair registration in progress; :meth:`finish` adds the result nodes."""
+
+    #: The job run; a subclass may run one that writes more outputs (and add other nodes in :meth:`_add_nodes`).
+    job_class = RegistrationJob
 
     def __init__(self, scene, parameters: RegistrationParameters, inputs: PairInputs, python: str | None = None):
         super().__init__()
         self.scene = scene
         self.parameters = parameters
-        self.job = RegistrationJob(inputs, parameters, python)
+        self.job = self.job_class(inputs, parameters, python)
 
     def poll(self) -> list[Progress]:
         return self._follow(self.job)
@@ -416,6 +419,9 @@ class RegistrationRun(_Run):
             result, warped = self.job.read_outputs()
         finally:
             self.job.remove_files()
+        return self._add_nodes(result, warped)
+
+    def _add_nodes(self, result, warped: Image | None):
         return add_output_nodes(self.scene, self.parameters, result, warped)
 
 
@@ -483,7 +489,7 @@ class RegistrationLogic:
 # Sequences
 
 
-class SequenceRegistrationRun(_Run):
+class SequenceRegistrationRun(BackgroundRun):
     """Frames of a sequence registered one background process after another."""
 
     def __init__(self, scene, parameters: RegistrationParameters, sequence_node, reference_index: int | None, python: str | None):

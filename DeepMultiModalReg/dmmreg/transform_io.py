@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from .errors import InputError
-from .image import Geometry, Image, _atomic_write, geometry_from_sitk, to_sitk
+from .image import Geometry, Image, atomic_write, geometry_from_sitk, to_sitk
 from .result import RegistrationResult
 
 FIELD_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -95,7 +95,7 @@ def write_transform(result: RegistrationResult, path: str | os.PathLike, inverse
     if _kind(path) == "composite":
         check_transform_path(path, has_field=result.displacement is not None)
         transform = to_sitk_transform(result, inverse)
-        _atomic_write(path, lambda tmp: sitk.WriteTransform(transform, tmp))
+        atomic_write(path, lambda tmp: sitk.WriteTransform(transform, tmp))
         return
     if inverse:
         geometry = _field_grid_for(result.moving_geometry, result.field_geometry)
@@ -104,7 +104,7 @@ def write_transform(result: RegistrationResult, path: str | os.PathLike, inverse
         geometry = result.field_geometry or result.fixed_geometry
         disp = result.resampling_displacement(geometry)
     image = to_sitk(Image(disp.astype(np.float64), geometry), vector=True)
-    _atomic_write(path, lambda tmp: sitk.WriteImage(image, tmp, True))
+    atomic_write(path, lambda tmp: sitk.WriteImage(image, tmp, True))
 
 
 def _field_grid_for(geometry: Geometry, field_geometry: Geometry | None) -> Geometry:

@@ -48,6 +48,18 @@ def stroke(stroke_paths) -> dict[str, Image]:
     return images
 
 
+@pytest.fixture(scope="session")
+def cohort_folder(tmp_path_factory, stroke_paths) -> Path:
+    """A training cohort in the folder layout: two subjects, "a" and "b", each with links to the
+    stroke T1, T2 and FLAIR."""
+    root = tmp_path_factory.mktemp("cohort")
+    for subject in ("a", "b"):
+        (root / subject).mkdir()
+        for contrast, path in stroke_paths.items():
+            (root / subject / f"{contrast}.nii.gz").symlink_to(path)
+    return root
+
+
 def oblique_geometry(size=(24, 20, 16), spacing=(1.0, 1.5, 2.5), origin=(-10.0, 5.0, 20.0)) -> Geometry:
     """A rotated, anisotropic grid (2D when ``size`` has two entries)."""
     dim = len(size)
@@ -159,7 +171,7 @@ def stroke_batches(stroke) -> dict[int, "TrainingBatch"]:
     ``{2: mid axial slice on a 2 mm model grid, 3: the volume on a 4 mm model grid}``
     (margin 8 mm; the model configs of the method tests use the same spacings)."""
     from dmmreg.methods.learned import ModelConfig
-    from dmmreg.training import known_warp_batch
+    from dmmreg.training_data import known_warp_batch
 
     t1, t2 = stroke_slice_2d(stroke, "T1"), stroke_slice_2d(stroke, "T2")
     return {

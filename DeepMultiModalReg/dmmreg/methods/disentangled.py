@@ -157,6 +157,8 @@ class Disentangled(LearnedMethod):
     config_class = DisentangledConfig
     stages = ("disentangle", "register")
     predicts_affine = False
+    training_only = ("discriminators.",)
+    finetune_stages = ("register",)
 
     def __init__(self, config: DisentangledConfig):
         super().__init__(config)

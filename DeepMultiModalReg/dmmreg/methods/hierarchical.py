@@ -127,6 +127,7 @@ class HierarchicalRegistration(LearnedMethod):
     config_class = HierarchicalConfig
     stages = ("coarse", "translation", "fine")
     predicts_affine = False
+    finetune_stages = ("translation", "fine")  # G1's mutual information needs no new contrast
 
     def __init__(self, config: HierarchicalConfig):
         super().__init__(config)

@@ -5,7 +5,7 @@ batch, the model grid it runs on, and the one ``register`` path from images to a
 Data flow of a learned registration (:func:`register_with_model`)::
 
     fixed, moving Image  ->  normalised tensors on the *model grid* (fixed field of view plus a
-    margin, isotropic ``spacing_mm``, the fixed image's direction)  ->  network prediction
+    margin, isotropic ``spacing_mm``, axis-aligned in patient space)  ->  network prediction
     (affine ``A_n``, displacement ``u`` in mm on that grid, inverse, synthesised images)  ->
     RegistrationResult ``T(p) = A0 A_n (p + u(p))`` in physical space  ->  optional refinement
     by the ``optimise`` method.
@@ -87,7 +87,8 @@ class TrainingBatch:
 
     ``fixed`` and ``moving`` are of different contrasts (or the same, for mono-modal training);
     ``true_displacement`` (known-warp pairs: ``G(p) - p`` in mm on ``geometry``) is for
-    validation and must never enter an unsupervised loss; masks are 1 inside the object."""
+    validation and must never enter an unsupervised loss; masks are 1 inside the object; label
+    maps (integer, ``(B, 1, *shape)``), where known, are for validation (Dice) only."""
 
     fixed: torch.Tensor
     moving: torch.Tensor
@@ -95,11 +96,14 @@ class TrainingBatch:
     fixed_mask: torch.Tensor | None = None
     moving_mask: torch.Tensor | None = None
     true_displacement: torch.Tensor | None = None
+    fixed_labels: torch.Tensor | None = None
+    moving_labels: torch.Tensor | None = None
 
     def to(self, device) -> "TrainingBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return TrainingBatch(move(self.fixed), move(self.moving), self.geometry, move(self.fixed_mask),
-                             move(self.moving_mask), move(self.true_displacement))
+                             move(self.moving_mask), move(self.true_displacement), move(self.fixed_labels),
+                             move(self.moving_labels))
 
 
 class LearnedMethod(nn.Module):
@@ -113,12 +117,17 @@ class LearnedMethod(nn.Module):
       ``("train",)`` for end-to-end methods.
     * ``predicts_affine``: whether the network predicts an affine part itself (then the model
       starts from a centre-of-mass shift, else from an affine pre-alignment).
+    * ``training_only``: prefixes of parameters needed for training only (e.g. discriminators),
+      not saved with the model.
+    * ``finetune_stages``: the stages fine-tuning runs by default (the registration stages).
     """
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     stages: ClassVar[tuple[str, ...]] = ("train",)
     predicts_affine: ClassVar[bool] = False
+    training_only: ClassVar[tuple[str, ...]] = ()
+    finetune_stages: ClassVar[tuple[str, ...]] = ("train",)
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -160,15 +169,18 @@ class LearnedMethod(nn.Module):
 
 
 def model_grid(fixed_geometry: Geometry, spacing_mm: float, margin_mm: float, multiple: int = 16) -> Geometry:
-    """The grid a model runs on for this fixed image: the fixed field of view plus ``margin_mm``,
-    isotropic ``spacing_mm``, the fixed direction, centred on the fixed centre, each axis a
-    multiple of ``multiple`` voxels (so every U-net level halves it exactly)."""
+    """The grid a model runs on for this fixed image: axis-aligned in patient space (identity
+    direction, so index axes x, y, z are L, P, S for every input, whatever its orientation),
+    covering the fixed image's bounding box plus ``margin_mm``, isotropic ``spacing_mm``,
+    centred on the fixed centre, each axis a multiple of ``multiple`` voxels (so every U-net
+    level halves it exactly)."""
     dim = fixed_geometry.dim
-    extent = fixed_geometry.extent + 2 * margin_mm
-    size = np.ceil(extent / spacing_mm).astype(int) + 1
+    corners = fixed_geometry.corners
+    extent = corners.max(axis=0) - corners.min(axis=0) + 2 * margin_mm
+    size = np.ceil(extent / spacing_mm - 1e-6).astype(int) + 1
     size = (np.ceil(size / multiple) * multiple).astype(int)
-    origin = fixed_geometry.centre - fixed_geometry.direction @ ((size - 1) * spacing_mm / 2)
-    return Geometry(tuple(size), (float(spacing_mm),) * dim, tuple(origin), fixed_geometry.direction)
+    origin = fixed_geometry.centre - (size - 1) * spacing_mm / 2
+    return Geometry(tuple(size), (float(spacing_mm),) * dim, tuple(origin), np.eye(dim))
 
 
 def index_to_physical_vectors(vectors: torch.Tensor, geometry: Geometry) -> torch.Tensor:

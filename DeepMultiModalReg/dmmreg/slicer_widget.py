@@ -1,0 +1,304 @@
+"""What the modules' Qt widgets share (used only inside Slicer; imports no Qt).
+
+:class:`ParameterNodeBinding` is the parameter-node part of Slicer's scripted-module template
+(bind ``self.ui`` to the node, observe it, rebind on enter, scene close and reopen);
+:class:`BackgroundRun` runs the module's work in the background, polled by a timer, its start
+button becoming Cancel; :class:`DeviceChoice` and :class:`MethodModelChoice` fill the device,
+method and model choosers from the backend; :func:`select_by_data` shows a parameter's value in
+such a chooser; :func:`ensure_torch` installs PyTorch from the PyTorch extension on first use.
+Qt (``qt``) and ``slicer`` are imported inside the functions, which run only in Slicer.
+"""
+
+from __future__ import annotations
+
+from .errors import InputError
+
+
+class ParameterNodeBinding:
+    """Mix into a ``ScriptedLoadableModuleWidget`` (before it, with ``VTKObservationMixin``).
+    The widget defines ``initializeParameterNode()`` (choose the node and default inputs) and
+    ``_updateFromParameterNode(caller=None, event=None)``; extra work on scene close goes in
+    ``onSceneStartClose``, calling this one."""
+
+    _parameterNode = None
+    _parameterNodeGuiTag = None
+
+    def _loadPanel(self, uiName: str) -> None:
+        """``Resources/UI/<uiName>.ui`` in the module's panel, its widgets as ``self.ui``."""
+        import slicer
+
+        uiWidget = slicer.util.loadUI(self.resourcePath(f"UI/{uiName}.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+    def _bindToScene(self) -> None:
+        """Observe the scene's closing and reopening, and bind the parameter node (end of setup)."""
+        import slicer
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+
+    def setParameterNode(self, parameterNode) -> None:
+        import vtk
+
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateFromParameterNode)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateFromParameterNode)
+            self._updateFromParameterNode()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def _chooseDefaultVolume(self, parameter: str, accept=None) -> None:
+        """When the volume ``parameter`` of the node is empty: the scene's first scalar volume that
+        is not a label map (and that ``accept(node)`` accepts, when given), if there is one."""
+        import slicer
+
+        if getattr(self._parameterNode, parameter):
+            return
+        for volume in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+            if not volume.IsA("vtkMRMLLabelMapVolumeNode") and (accept is None or accept(volume)):
+                setattr(self._parameterNode, parameter, volume)
+                return
+
+
+def select_by_data(pairs) -> None:
+    """For each ``(combo, value)``: select the item whose data is ``value`` (choosers whose items
+    are not their values), if there is one and it is not selected already."""
+    for combo, value in pairs:
+        index = combo.findData(value)
+        if index >= 0 and index != combo.currentIndex:
+            combo.setCurrentIndex(index)
+
+
+class BackgroundRun:
+    """Mix into a module widget (before :class:`ParameterNodeBinding`, with :class:`DeviceChoice`)
+    whose work is a background run of the logic (an object with ``poll()``, ``fraction``,
+    ``stage``, ``message``, ``log``, ``finished``, ``finish()`` and ``cancel()``).
+
+    ``setup`` calls :meth:`_setupBackgroundRun` with the start button, progress bar and status
+    label; the start button's handler calls :meth:`_mayStartRun`, starts the run (reporting
+    :class:`~dmmreg.errors.InputError` itself) and hands it to :meth:`_runStarted`.  Each timer
+    tick polls the GPU probe and the run; a finished run's outputs go to the widget's
+    ``_finishRun(outputs)``, which ends with :meth:`_endRun`.  Class attributes say what differs:
+    the poll interval, the button's text, the errors a failed run raises and how they are shown."""
+
+    POLL_MILLISECONDS = 100
+    RUN_BUTTON_TEXT = "Apply"
+    #: What ``run.finish()`` raises when the run failed (shown to the user, not a bug).
+    RUN_ERRORS: tuple = (InputError,)
+    RUN_NAME = "The run"  # "<RUN_NAME> failed: <error>" in the message box
+    RUN_TITLE = "Background run"  # the message box's title
+    RUN_FAILED_STATUS = "Failed: {error}"  # the status label after a failure
+    CANCELLED_STATUS = "Cancelled; the scene is unchanged."
+
+    run = None
+    timer = None
+
+    def _setupBackgroundRun(self, runButton, progressBar, statusLabel) -> None:
+        """Remember the run's widgets and start the timer that polls the run (call in setup)."""
+        import qt
+
+        self.run = None
+        self._runButton, self._runProgressBar, self._runStatusLabel = runButton, progressBar, statusLabel
+        self.timer = qt.QTimer()
+        self.timer.setInterval(self.POLL_MILLISECONDS)
+        self.timer.connect("timeout()", self.onTimer)
+        self.timer.start()
+
+    def cleanup(self) -> None:
+        """The module is closing: cancel a run, stop the timer, drop the observers."""
+        if self.run is not None:
+            self.run.cancel()
+        self.timer.stop()
+        self.removeObservers()
+
+    def onSceneStartClose(self, caller, event) -> None:
+        """The scene is closing: cancel a run (nothing is added), then unbind the parameter node."""
+        if self.run is not None:
+            self._cancel("cancelled (scene closed)")
+        ParameterNodeBinding.onSceneStartClose(self, caller, event)
+
+    def _cancel(self, message: str | None = None) -> None:
+        """Cancel the run (the logic removes what it made) and say so in the status label."""
+        self.run.cancel()
+        self._endRun(message or self.CANCELLED_STATUS)
+
+    def _mayStartRun(self) -> bool:
+        """The start button was pressed: False when it was Cancel (the run is cancelled) or
+        PyTorch is not available; True when the widget should start a run now."""
+        if self.run is not None:
+            self._cancel()
+            return False
+        return ensure_torch()
+
+    def _runStarted(self, run, cancelToolTip: str) -> None:
+        """A run started: the start button becomes Cancel (with ``cancelToolTip``), progress 0."""
+        self.run = run
+        self._runButton.text = "Cancel"
+        self._runButton.toolTip = cancelToolTip
+        self._runProgressBar.value = 0
+        self._runStatusLabel.text = "starting"
+
+    def onTimer(self) -> None:
+        """Each tick: the GPU probe's answer, then the run's progress, stage and log; a finished
+        run is collected."""
+        self._pollGpuProbe()
+        if self.run is None:
+            return
+        self.run.poll()
+        self._runProgressBar.value = int(round(100 * self.run.fraction))
+        self._runStatusLabel.text = f"{self.run.stage}: {self.run.message}" if self.run.message else self.run.stage
+        self._showRunLog(self.run)
+        if self.run.finished:
+            self._collectRun()
+
+    def _showRunLog(self, run) -> None:
+        """Show the run's new log lines (the widgets without a log show none)."""
+
+    def _collectRun(self) -> None:
+        """The run ended: its outputs go to ``_finishRun(outputs)``; a failure (``RUN_ERRORS``)
+        is shown in the status label and a message box."""
+        import slicer
+
+        run, self.run = self.run, None
+        try:
+            outputs = run.finish()
+        except self.RUN_ERRORS as error:
+            self._endRun(self.RUN_FAILED_STATUS.format(error=error))
+            slicer.util.errorDisplay(f"{self.RUN_NAME} failed: {error}", windowTitle=self.RUN_TITLE)
+            return
+        self._finishRun(outputs)
+
+    def _endRun(self, message: str) -> None:
+        """No run any more: the start button is itself again, ``message`` in the status label."""
+        self.run = None
+        self._runButton.text = self.RUN_BUTTON_TEXT
+        self._runStatusLabel.text = message
+        self._updateFromParameterNode()
+
+
+class DeviceChoice:
+    """Mix into a module widget with ``ui.deviceComboBox`` and a ``device`` parameter: the
+    device choices (``auto``, ``cpu`` and the GPUs a background probe finds; see
+    :func:`dmmreg.slicer_logic.device_choices`).  ``setup`` calls :meth:`_setupDevices`; the
+    probe's answer is read by :meth:`_pollGpuProbe` (from :meth:`BackgroundRun.onTimer`)."""
+
+    _gpuProbe = None
+
+    def _setupDevices(self) -> None:
+        """The devices known without a GPU now, the probe started, the chooser connected."""
+        from .slicer_logic import start_gpu_probe
+
+        self._fillDevices(None)
+        self._gpuProbe = start_gpu_probe()
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+
+    def _pollGpuProbe(self) -> None:
+        """Once the probe has finished: the devices it found."""
+        if self._gpuProbe is not None and not self._gpuProbe.running:
+            self._fillDevices([line for kind, line in self._gpuProbe.poll() if kind == "log"])
+            self._gpuProbe = None
+
+    def _fillDevices(self, probeOutput) -> None:
+        from .slicer_logic import device_choices
+
+        current = self._parameterNode.device if self._parameterNode else "auto"
+        self.ui.deviceComboBox.clear()
+        for value, label in device_choices(probeOutput):
+            self.ui.deviceComboBox.addItem(label, value)
+        index = self.ui.deviceComboBox.findData(current)
+        self.ui.deviceComboBox.setCurrentIndex(max(index, 0))
+
+    def onDeviceChanged(self, index=None) -> None:
+        if self._parameterNode and self.ui.deviceComboBox.currentData:
+            self._parameterNode.device = self.ui.deviceComboBox.currentData
+
+
+class MethodModelChoice:
+    """Mix into a module widget with ``ui.methodComboBox``, ``ui.methodSummaryLabel`` and
+    ``ui.modelComboBox`` and ``method`` and ``model`` parameters: the registration methods of
+    the backend (those in ``METHODS``, when set) and the trained models of the chosen one
+    (:func:`dmmreg.methods.available_models`).  ``setup`` calls :meth:`_setupMethods`; the widget
+    says what an empty or filled model list means in ``_modelsFilled(method, models)``."""
+
+    #: The methods offered (None: every method of the backend).
+    METHODS = None
+
+    def _setupMethods(self) -> None:
+        """The methods (and the first one's models) filled, the choosers connected."""
+        self._fillMethods()
+        self.ui.methodComboBox.connect("currentIndexChanged(int)", self.onMethodChanged)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+
+    def _fillMethods(self) -> None:
+        from .methods import available_methods
+
+        self._methodSummaries = {name: summary for name, summary in available_methods()
+                                 if self.METHODS is None or name in self.METHODS}
+        self.ui.methodComboBox.clear()
+        for name in self._methodSummaries:
+            self.ui.methodComboBox.addItem(name, name)
+        self.onMethodChanged()
+
+    def onMethodChanged(self, index=None) -> None:
+        name = self.ui.methodComboBox.currentData
+        self.ui.methodSummaryLabel.text = self._methodSummaries.get(name, "")
+        if self._parameterNode and name and self._parameterNode.method != name:
+            self._parameterNode.method = name
+        self._fillModels(name)
+
+    def _fillModels(self, method) -> None:
+        """Trained models of ``method`` (if the backend lists any), their summaries as tooltips."""
+        import qt
+
+        from . import methods
+
+        models = methods.available_models(method) if method else []
+        self.ui.modelComboBox.clear()
+        for name, summary in models:
+            self.ui.modelComboBox.addItem(name, name)
+            self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, summary, qt.Qt.ToolTipRole)
+        self._modelsFilled(method, models)
+
+    def _modelsFilled(self, method, models) -> None:
+        """What the widget shows once the models of ``method`` are listed (nothing by default)."""
+
+    def onModelChanged(self, index=None) -> None:
+        if self._parameterNode:
+            self._parameterNode.model = self.ui.modelComboBox.currentData or ""
+
+
+def ensure_torch() -> bool:
+    """PyTorch from the PyTorch extension, installed on first use after the user agrees; False
+    (with a message to the user) when it is not available."""
+    import slicer
+
+    try:
+        import PyTorchUtils
+    except ImportError:
+        slicer.util.errorDisplay("This module needs the PyTorch extension; install it from the Extensions Manager.")
+        return False
+    torch_logic = PyTorchUtils.PyTorchUtilsLogic()
+    if torch_logic.torchInstalled():
+        return True
+    with slicer.util.tryWithErrorDisplay("PyTorch could not be installed.", waitCursor=True):
+        if torch_logic.installTorch(askConfirmation=True) is not None:
+            return True
+    return False
