@@ -245,11 +245,23 @@ def jacobian_color_node(scene):
 
 
 def _show_jacobian(volume_node) -> None:
-    """Jacobian colours and a window of 0..2 centred on 1 for ``volume_node``'s display node."""
+    """Jacobian colours and a window of 0..2 centred on 1 for ``volume_node``'s display node, and
+    a colour legend (shown in the views beside the volume) titled "Jacobian determinant"."""
+    import slicer
+
     display = volume_node.GetDisplayNode()
     display.SetAndObserveColorNodeID(jacobian_color_node(volume_node.GetScene()).GetID())
     display.AutoWindowLevelOff()
     display.SetWindowLevel(*JACOBIAN_WINDOW_LEVEL)
+    legend = slicer.vtkMRMLColorLegendDisplayNode()  # not registered for AddNewNodeByClass
+    legend.SetName(volume_node.GetScene().GenerateUniqueName(f"{volume_node.GetName()} legend"))
+    volume_node.GetScene().AddNode(legend)
+    legend.SetTitleText("Jacobian determinant")
+    legend.SetNumberOfLabels(5)
+    legend.SetLabelFormat("%.2f")
+    legend.SetAndObservePrimaryDisplayNode(display)
+    legend.SetVisibility(True)
+    volume_node.AddAndObserveDisplayNodeID(legend.GetID())
 
 
 def jacobian_volume(scene, transform_node, reference_volume_node, mask_node=None):

@@ -114,6 +114,10 @@ def test_jacobian_of_a_known_affine_is_its_determinant_with_a_colour_map_centred
     assert colours is not None and colours.GetName() == quality.JACOBIAN_COLOR_NODE_NAME
     assert not display.GetAutoWindowLevel()
     assert display.GetLevel() == pytest.approx(1.0) and display.GetWindow() == pytest.approx(2.0)
+    legends = [volume.GetNthDisplayNode(i) for i in range(volume.GetNumberOfDisplayNodes())
+               if volume.GetNthDisplayNode(i).IsA("vtkMRMLColorLegendDisplayNode")]
+    assert len(legends) == 1 and legends[0].GetTitleText() == "Jacobian determinant"
+    assert legends[0].GetPrimaryDisplayNode() is display and legends[0].GetVisibility()
     count = colours.GetNumberOfColors()
 
     def colour_at(j):  # the table entry a value falls in, over the display window
