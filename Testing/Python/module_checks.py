@@ -22,7 +22,7 @@ def ui_file(name: str) -> Path:
 
 
 def module_tree(name: str) -> ast.Module:
-    return ast.parse(module_file(name).read_text())
+    return ast.parse(module_file(name).read_text(encoding="utf-8"))
 
 
 def parameter_node_fields(name: str) -> dict[str, ast.expr]:
@@ -63,7 +63,7 @@ WIDGET_HELPERS_FILE = MODULE_FOLDER / "dmmreg" / "slicer_widget.py"
 
 
 def widget_helpers_text() -> str:
-    return WIDGET_HELPERS_FILE.read_text()
+    return WIDGET_HELPERS_FILE.read_text(encoding="utf-8")
 
 
 def widget_mixins(name: str) -> list[ast.ClassDef]:

@@ -220,7 +220,7 @@ def _is_self_attribute(node, name: str) -> bool:
 
 def widget_code(case: "ModuleCase") -> list[ast.AST]:
     """The module's code and the ``dmmreg.slicer_widget`` mixins its widget class uses."""
-    return [ast.parse(case.module_file.read_text()), *widget_mixins(case.name)]
+    return [ast.parse(case.module_file.read_text(encoding="utf-8")), *widget_mixins(case.name)]
 
 
 def module_ui_names(case: "ModuleCase") -> set[str]:
@@ -256,7 +256,7 @@ def expected_class(name: str) -> str:
 
 
 def parameter_node_fields(case: ModuleCase) -> set[str]:
-    tree = ast.parse(case.module_file.read_text())
+    tree = ast.parse(case.module_file.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == case.parameter_node_class:
             return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}

@@ -44,7 +44,7 @@ def cmake_calls(tmp_path):
     if shutil.which("cmake") is None:
         pytest.skip("cmake is not installed")
     script = tmp_path / "run.cmake"
-    text = (MODULE_FOLDER / "CMakeLists.txt").read_text()
+    text = (MODULE_FOLDER / "CMakeLists.txt").read_text(encoding="utf-8")
     # script mode has no file(COPY ...) destination to speak of: keep it harmless
     script.write_text(
         CMAKE_STUBS
@@ -173,7 +173,7 @@ def test_the_self_test_case_jacobian_is_the_determinant():
 def test_module_reports_input_errors_in_the_status_label():
     """Every measure runs through ``_run``, which shows InputError in the status label and a
     message box; and the Jacobian is shown over the fixed volume after it is computed."""
-    text = MODULE_FILE.read_text()
+    text = MODULE_FILE.read_text(encoding="utf-8")
     run = re.search(r"    def _run\(.*?\n    def ", text, flags=re.S).group(0)
     assert "except InputError" in run and "self.ui.statusLabel.text" in run and "errorDisplay" in run
     for handler in ("onJacobianButton", "onLabelOverlapButton", "onInverseConsistencyButton",

@@ -81,7 +81,7 @@ def test_synthesis_self_test_bad_inputs_raise_on_slicer_core():
 
 
 def test_synthesis_widget_runs_in_the_background_and_displays_live():
-    text = module_file("DeepMultiModalRegSynthesis").read_text()
+    text = module_file("DeepMultiModalRegSynthesis").read_text(encoding="utf-8")
     shared = widget_helpers_text()  # the mixins of dmmreg.slicer_widget the widget uses
     assert {"BackgroundRun", "DeviceChoice", "MethodModelChoice"} <= set(widget_base_names("DeepMultiModalRegSynthesis"))
     apply = method_body(text, "onApplyButton")
@@ -169,7 +169,7 @@ def test_panel_values_become_fine_tuning_parameters(user_models, tmp_path):
 
 
 def test_finetuning_widget_cancels_through_the_logic_and_shows_the_curves():
-    text = module_file("DeepMultiModalRegFineTuning").read_text()
+    text = module_file("DeepMultiModalRegFineTuning").read_text(encoding="utf-8")
     cancel = method_body(text, "_cancel")
     assert "stopping" in cancel and "run.cancel()" in cancel and "startButton.enabled = False" in cancel
     assert cancel.index("stopping") < cancel.index("run.cancel()")
