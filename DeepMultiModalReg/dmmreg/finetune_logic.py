@@ -285,28 +285,16 @@ class _Curve:
 
     def __init__(self, scene, name: str, columns: tuple[str, ...], y_title: str, markers: bool):
         import slicer
-        import vtk
 
-        self.table = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
-        self.columns = []
-        for column in columns:
-            array = vtk.vtkDoubleArray()
-            array.SetName(column)
-            self.table.AddColumn(array)
-            self.columns.append(array)
-        self.series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", name)
-        self.series.SetAndObserveTableNodeID(self.table.GetID())
-        self.series.SetXColumnName(columns[0])
-        self.series.SetYColumnName(columns[1])
-        self.series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)  # x from a column, points joined
+        self.table = mrml.add_table_node(scene, name, {column: [] for column in columns})  # empty: numbers
+        self.columns = [self.table.GetTable().GetColumnByName(column) for column in columns]
+        # scatter: x from a column; with a solid line the points are joined
+        self.chart, self.series = mrml.add_plot_chart(scene, self.table, columns[0], columns[1], name,
+                                                      slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter,
+                                                      x_title="update", y_title=y_title)
         self.series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleSolid)
         self.series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle if markers
                                    else slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
-        self.chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
-        self.chart.AddAndObservePlotSeriesNodeID(self.series.GetID())
-        self.chart.SetTitle(name)
-        self.chart.SetXAxisTitle("update")
-        self.chart.SetYAxisTitle(y_title)
         self.chart.SetLegendVisibility(False)
 
     def add(self, *values) -> None:

@@ -277,17 +277,26 @@ def normalise_intensity(
     The percentiles are taken over ``mask`` when given, else over the non-background voxels
     (those above the minimum), so large empty borders do not squash the contrast.
     """
+    window = intensity_window(array, mask, lower_percentile, upper_percentile)
+    return apply_intensity_window(array, window).astype(np.float32)
+
+
+def intensity_window(array: np.ndarray, mask: np.ndarray | None = None, lower_percentile: float = 0.5,
+                     upper_percentile: float = 99.5) -> tuple[float, float]:
+    """``(lo, hi)`` that :func:`normalise_intensity` maps to 0 and 1: the percentiles of the voxels
+    in ``mask``, else of those above the minimum (all voxels when none are)."""
     a = np.asarray(array, dtype=np.float32)
-    if mask is not None:
-        values = a[np.asarray(mask) > 0]
-    else:
-        values = a[a > a.min()]
+    values = a[np.asarray(mask) > 0] if mask is not None else a[a > a.min()]
     if values.size == 0:
         values = a.ravel()
     lo, hi = np.percentile(values, [lower_percentile, upper_percentile])
-    if hi <= lo:
-        hi = lo + 1.0
-    return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
+def apply_intensity_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """``array`` mapped by ``window = (lo, hi)`` to [0, 1] (clipped), float64."""
+    lo, hi = window
+    return np.clip((np.asarray(array, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
 
 
 def physical_overlap_fraction(a: Geometry, b: Geometry) -> float:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,8 @@ from .image import Geometry, Image
 
 #: LPS <-> RAS flip, as a homogeneous matrix (its own inverse).
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: the same flip for point and vector coordinates ``(..., 3)``: ``p_LPS = p_RAS * FLIP`` (its own inverse)
+FLIP = np.diag(LPS_FROM_RAS)[:3]
 
 #: Prefix of the node attributes that describe a result.
 ATTRIBUTE_PREFIX = "DeepMultiModalReg."
@@ -271,7 +274,7 @@ def grid_transform_from_field(displacement_lps: np.ndarray, geometry: Geometry):
     spacing = np.linalg.norm(index_to_ras[:3, :3], axis=0)
     direction = np.eye(4)
     direction[:3, :3] = index_to_ras[:3, :3] / spacing
-    displacement_ras = displacement * np.array([-1.0, -1.0, 1.0])
+    displacement_ras = displacement * FLIP
 
     grid_image = vtk.vtkImageData()
     grid_image.SetDimensions(*reversed(displacement.shape[:3]))
@@ -304,6 +307,65 @@ def add_grid_transform_node(scene, displacement_lps: np.ndarray, geometry: Geome
     return node
 
 
+def add_table_node(scene, name: str, columns: Mapping[str, list]):
+    """New ``vtkMRMLTableNode`` with ``columns`` (name: values; ints, floats or strings by the
+    type of the first value) of equal length."""
+    import vtk
+
+    table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    table = table_node.GetTable()
+    lengths = {len(values) for values in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"columns of different lengths: {sorted(lengths)}")
+    for column_name, values in columns.items():
+        first = values[0] if values else 0.0
+        if isinstance(first, str):
+            array = vtk.vtkStringArray()
+        elif isinstance(first, (int, np.integer)):
+            array = vtk.vtkIntArray()
+        else:
+            array = vtk.vtkDoubleArray()
+        array.SetName(column_name)
+        for value in values:
+            array.InsertNextValue(value if isinstance(first, str) else value.item() if hasattr(value, "item") else value)
+        table.AddColumn(array)
+    table_node.Modified()
+    return table_node
+
+
+def add_plot_chart(scene, table_node, x_column: str, y_column: str, name: str, plot_type: int,
+                   series_name: str | None = None, x_title: str | None = None, y_title: str | None = None):
+    """A ``vtkMRMLPlotChartNode`` titled ``name`` with one series (``vtkMRMLPlotSeriesNode`` of
+    ``plot_type``) of ``y_column`` against ``x_column`` of ``table_node``; axis titles default to
+    the column names.  Returns ``(chart, series)``."""
+    series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", series_name or name)
+    series.SetAndObserveTableNodeID(table_node.GetID())
+    series.SetXColumnName(x_column)
+    series.SetYColumnName(y_column)
+    series.SetPlotType(plot_type)
+    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
+    chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    chart.SetTitle(name)
+    chart.SetXAxisTitle(x_title or x_column)
+    chart.SetYAxisTitle(y_title or y_column)
+    return chart, series
+
+
+def table_columns(table_node) -> dict[str, list]:
+    """The columns of a table node as ``{name: values}`` (numbers as Python numbers)."""
+    from vtk.util import numpy_support
+
+    table = table_node.GetTable()
+    columns = {}
+    for index in range(table.GetNumberOfColumns()):
+        array = table.GetColumn(index)
+        if array.IsA("vtkStringArray"):
+            columns[array.GetName()] = [array.GetValue(row) for row in range(array.GetNumberOfValues())]
+        else:
+            columns[array.GetName()] = numpy_support.vtk_to_numpy(array).tolist()
+    return columns
+
+
 def transform_points_ras(transform, points_ras: np.ndarray) -> np.ndarray:
     """Apply a VTK transform to points ``(n, 3)`` (RAS, mm)."""
     from vtk.util import numpy_support
@@ -316,15 +378,18 @@ def transform_points_ras(transform, points_ras: np.ndarray) -> np.ndarray:
     return numpy_support.vtk_to_numpy(target.GetData()).astype(np.float64).reshape(-1, 3)
 
 
+def transform_points_lps(transform_ras, points_lps: np.ndarray) -> np.ndarray:
+    """Apply a VTK transform (acting on RAS points) to LPS points ``(n, 3)``; LPS out (mm)."""
+    return transform_points_ras(transform_ras, points_lps * FLIP) * FLIP
+
+
 def sampled_displacement_lps(transform_ras, geometry: Geometry) -> np.ndarray:
     """``T(p) - p`` of a VTK (RAS) transform on the voxels of an LPS ``geometry``: an LPS field
     ``(*geometry.shape, 3)``, for ``geometry`` 3D."""
     index = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in reversed(geometry.size)],
                                  indexing="ij")[::-1], axis=-1)
     points_lps = geometry.physical_points(index).reshape(-1, 3)
-    mapped_ras = transform_points_ras(transform_ras, points_lps * np.array([-1.0, -1.0, 1.0]))
-    mapped_lps = mapped_ras * np.array([-1.0, -1.0, 1.0])
-    return (mapped_lps - points_lps).reshape(*geometry.shape, 3)
+    return (transform_points_lps(transform_ras, points_lps) - points_lps).reshape(*geometry.shape, 3)
 
 
 @dataclass

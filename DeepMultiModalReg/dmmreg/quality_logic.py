@@ -8,7 +8,7 @@ Conventions (those of :mod:`dmmreg.mrml`):
   It maps a point of the fixed (reference) space to the moving space, as ITK resampling
   transforms do, so a moving volume placed under the node is displayed on the fixed volume.
 * Slicer positions are RAS (mm); the backend functions reused here (:mod:`dmmreg.metrics`,
-  :mod:`dmmreg.spatial`) work in LPS (mm); the conversion is :data:`mrml.LPS_FROM_RAS`.
+  :mod:`dmmreg.spatial`) work in LPS (mm); the conversion is :data:`mrml.FLIP`.
 * The fixed space is world space: a reference volume, fixed label map or fixed landmarks are
   taken as displayed (linear parent transforms included) and must not be under the evaluated
   transform.  The moving space is world space too, unless a moving node is placed under the
@@ -38,8 +38,6 @@ from . import mrml
 from .errors import InputError
 from .image import Geometry, Image, atomic_write
 
-#: RAS <-> LPS flip of point coordinates (its own inverse).
-_FLIP = np.array([-1.0, -1.0, 1.0])
 
 #: Name of the shared colour table of Jacobian-determinant volumes.
 JACOBIAN_COLOR_NODE_NAME = "DeepMultiModalReg Jacobian"
@@ -167,7 +165,7 @@ class NodeTransform:
     def resampling_points(self, points_lps: np.ndarray) -> np.ndarray:
         """``T(p)`` for LPS points ``(..., 3)`` in mm (the node's FromParent chain, applied in RAS)."""
         points = np.asarray(points_lps, dtype=np.float64)
-        mapped = mrml.transform_points_ras(self.transform, points.reshape(-1, 3) * _FLIP) * _FLIP
+        mapped = mrml.transform_points_lps(self.transform, points.reshape(-1, 3))
         return mapped.reshape(points.shape)
 
 
@@ -537,7 +535,7 @@ def label_overlap(scene, fixed_labels_node, moving_labels_node, transform_node, 
     rows = overlap_per_label(fixed, warp_labels(moving, transform_node, fixed.image.geometry))
     stats = overlap_statistics(rows)
     name = scene.GenerateUniqueName(f"{moving_labels_node.GetName()} on {fixed_labels_node.GetName()} overlap")
-    table = add_table_node(scene, name, {
+    table = mrml.add_table_node(scene, name, {
         "Label": [row["label"] for row in rows],
         "Name": [row["name"] for row in rows],
         "Dice": [row["dice"] for row in rows],
@@ -652,11 +650,11 @@ def landmark_error(scene, fixed_points_node, moving_points_node, transform_node)
             f"'{moving_points_node.GetName()}' have {len(moving)}; landmarks are paired by their order, so give "
             "both lists the same number of points"
         )
-    errors = metrics.landmark_errors(fixed * _FLIP, moving * _FLIP, NodeTransform(transform_node))
+    errors = metrics.landmark_errors(fixed * mrml.FLIP, moving * mrml.FLIP, NodeTransform(transform_node))
     stats = {"count": int(errors.size), "mean_mm": float(errors.mean()), "median_mm": float(np.median(errors)),
              "max_mm": float(errors.max())}
     name = scene.GenerateUniqueName(f"{fixed_points_node.GetName()} to {moving_points_node.GetName()} landmark error")
-    table = add_table_node(scene, name, {"Index": list(range(1, len(errors) + 1)), "Fixed label": fixed_labels,
+    table = mrml.add_table_node(scene, name, {"Index": list(range(1, len(errors) + 1)), "Fixed label": fixed_labels,
                                          "Moving label": moving_labels, "Error (mm)": errors.tolist()})
     table.SetColumnUnitLabel("Error (mm)", "mm")
     mrml.set_attributes(table, _result_attributes("landmark error", transform_node, fixed_points_node, None, stats))
@@ -694,65 +692,16 @@ def show_deformation_grid(transform_node, mode: str = "grid", reference_volume_n
 # Tables and charts
 
 
-def add_table_node(scene, name: str, columns: Mapping[str, list]):
-    """New ``vtkMRMLTableNode`` with ``columns`` (name: values; ints, floats or strings by the
-    type of the first value) of equal length."""
-    import vtk
-
-    table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
-    table = table_node.GetTable()
-    lengths = {len(values) for values in columns.values()}
-    if len(lengths) > 1:
-        raise ValueError(f"columns of different lengths: {sorted(lengths)}")
-    for column_name, values in columns.items():
-        first = values[0] if values else 0.0
-        if isinstance(first, str):
-            array = vtk.vtkStringArray()
-        elif isinstance(first, (int, np.integer)):
-            array = vtk.vtkIntArray()
-        else:
-            array = vtk.vtkDoubleArray()
-        array.SetName(column_name)
-        for value in values:
-            array.InsertNextValue(value if isinstance(first, str) else value.item() if hasattr(value, "item") else value)
-        table.AddColumn(array)
-    table_node.Modified()
-    return table_node
-
-
-def table_columns(table_node) -> dict[str, list]:
-    """The columns of a table node as ``{name: values}`` (numbers as Python numbers)."""
-    from vtk.util import numpy_support
-
-    table = table_node.GetTable()
-    columns = {}
-    for index in range(table.GetNumberOfColumns()):
-        array = table.GetColumn(index)
-        if array.IsA("vtkStringArray"):
-            columns[array.GetName()] = [array.GetValue(row) for row in range(array.GetNumberOfValues())]
-        else:
-            columns[array.GetName()] = numpy_support.vtk_to_numpy(array).tolist()
-    return columns
-
-
 def add_bar_chart(scene, table_node, x_column: str, y_column: str, label_column: str, name: str,
                   y_range: tuple[float, float] | None = None):
     """Plot chart node with one bar series of ``y_column`` against ``x_column`` of ``table_node``
     (bars labelled by ``label_column``)."""
     import slicer
 
-    series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} series")
-    series.SetAndObserveTableNodeID(table_node.GetID())
-    series.SetXColumnName(x_column)
-    series.SetYColumnName(y_column)
+    chart, series = mrml.add_plot_chart(scene, table_node, x_column, y_column, name,
+                                        slicer.vtkMRMLPlotSeriesNode.PlotTypeBar, series_name=f"{name} series")
     series.SetLabelColumnName(label_column)
-    series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
     series.SetColor(0.2, 0.5, 0.9)
-    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
-    chart.AddAndObservePlotSeriesNodeID(series.GetID())
-    chart.SetTitle(name)
-    chart.SetXAxisTitle(x_column)
-    chart.SetYAxisTitle(y_column)
     if y_range is not None:
         chart.SetYAxisRangeAuto(False)
         chart.SetYAxisRange(*y_range)
@@ -806,7 +755,7 @@ def _report_paths(folder: str, base: str, table_names: list[str], picture: bool)
 def _write_csv(table_node, path: str) -> None:
     import csv
 
-    columns = table_columns(table_node)
+    columns = mrml.table_columns(table_node)
 
     def write(tmp):
         with open(tmp, "w", newline="", encoding="utf-8") as stream:

@@ -102,6 +102,14 @@ def sample(
     return values.reshape(*values.shape[:2], *out_shape)
 
 
+def centre_of_mass(weights: torch.Tensor, geometry: Geometry) -> np.ndarray:
+    """Physical centre (LPS, mm) of the voxels of ``geometry`` weighted by ``weights``
+    (``(1, 1, *shape)`` or ``(*shape)``, e.g. an image or a mask)."""
+    points = grid_points(geometry, device=weights.device).reshape(-1, geometry.dim)
+    w = weights.reshape(-1)
+    return ((points * w[:, None]).sum(0) / w.sum().clamp_min(1e-6)).double().cpu().numpy()
+
+
 def inside_weight(points: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """What :func:`sample` of an all-ones image on ``geometry`` (zero padding) returns at
     ``points (B, *out, dim)``: 1 inside, falling linearly to 0 over the voxel beyond each edge.

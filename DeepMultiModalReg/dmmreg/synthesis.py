@@ -59,24 +59,6 @@ def on_fixed_grid(image: Image, fixed_geometry: Geometry) -> Image:
 # Intensities and similarity
 
 
-def intensity_window(array: np.ndarray, mask: np.ndarray | None = None,
-                     lower_percentile: float = 0.5, upper_percentile: float = 99.5) -> tuple[float, float]:
-    """``(lo, hi)`` that :func:`dmmreg.image.normalise_intensity` maps to 0 and 1 (percentiles of
-    the mask, else of the voxels above the minimum): the networks saw ``(x - lo) / (hi - lo)``."""
-    a = np.asarray(array, dtype=np.float32)
-    values = a[np.asarray(mask) > 0] if mask is not None else a[a > a.min()]
-    if values.size == 0:
-        values = a.ravel()
-    lo, hi = np.percentile(values, [lower_percentile, upper_percentile])
-    return float(lo), float(hi if hi > lo else lo + 1.0)
-
-
-def normalised(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """``array`` mapped by ``window`` to [0, 1] (clipped), float64."""
-    lo, hi = window
-    return np.clip((np.asarray(array, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
-
-
 def _comparable(a, b, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``a``, ``b`` as float64 arrays of one shape, and the boolean mask to compare them in."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

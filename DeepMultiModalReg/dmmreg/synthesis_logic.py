@@ -34,7 +34,7 @@ import numpy as np
 
 from . import mrml
 from .errors import InputError
-from .image import Image, read_image
+from .image import Image, apply_intensity_window, intensity_window, read_image
 from .slicer_logic import (
     DEVICES,
     RegistrationJob,
@@ -46,8 +46,6 @@ from .slicer_logic import (
 )
 from .synthesis import (
     SYNTHESISING_METHODS,
-    intensity_window,
-    normalised,
     normalised_mutual_information,
     structural_similarity,
     synthesised_path,
@@ -180,9 +178,10 @@ def add_synthesis_nodes(scene, parameters: SynthesisParameters, synthesised: dic
         })
         real_name = fixed_name if contrast_role == "fixed" else f"{moving_name} registered"
         outputs.volumes[key] = node
+        synthesised, real_unit = np.clip(image.array, 0, 1), apply_intensity_window(real.array, window)
         outputs.report[key] = {
-            "nmi": normalised_mutual_information(np.clip(image.array, 0, 1), normalised(real.array, window), brain),
-            "ssim": structural_similarity(np.clip(image.array, 0, 1), normalised(real.array, window), brain),
+            "nmi": normalised_mutual_information(synthesised, real_unit, brain),
+            "ssim": structural_similarity(synthesised, real_unit, brain),
             "reference": real_name, "node": name,
         }
         outputs.nodes.append(node)
@@ -194,21 +193,13 @@ def add_synthesis_nodes(scene, parameters: SynthesisParameters, synthesised: dic
 
 def add_report_table(scene, report: dict, name: str):
     """A table node, one row per synthesised image: Image, Compared with, NMI, SSIM."""
-    import vtk
-
-    table = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
-    columns = [vtk.vtkStringArray(), vtk.vtkStringArray(), vtk.vtkDoubleArray(), vtk.vtkDoubleArray()]
-    for column, title in zip(columns, ("Image", "Compared with", "NMI", "SSIM")):
-        column.SetName(title)
-    for key in sorted(report):
-        row = report[key]
-        columns[0].InsertNextValue(row["node"])
-        columns[1].InsertNextValue(row["reference"] + " (inside the brain)")
-        columns[2].InsertNextValue(row["nmi"])
-        columns[3].InsertNextValue(row["ssim"])
-    for column in columns:
-        table.AddColumn(column)
-    return table
+    rows = [report[key] for key in sorted(report)]
+    return mrml.add_table_node(scene, name, {
+        "Image": [row["node"] for row in rows],
+        "Compared with": [row["reference"] + " (inside the brain)" for row in rows],
+        "NMI": [float(row["nmi"]) for row in rows],
+        "SSIM": [float(row["ssim"]) for row in rows],
+    })
 
 
 class SynthesisLogic:

@@ -180,8 +180,7 @@ class PairSampler:
         pairs = settings.contrast_pairs
         if pairs is not None:
             for s in subjects:
-                usable = [p for p in pairs if all(c in s.images or (c == SYNTHETIC and s.labels is not None) for c in p)]
-                if not usable:
+                if not self._usable_pairs(s):
                     raise InputError(f"subject {s.name!r} has none of the contrast pairs {pairs} (it has "
                                      f"{', '.join(s.images)}); choose pairs every subject has")
         if settings.synthetic > 0 and not any(s.labels is not None for s in subjects):
@@ -198,8 +197,13 @@ class PairSampler:
             first = int(torch.randint(len(names), (1,), generator=generator))
             second = int(torch.randint(len(names) - 1, (1,), generator=generator))
             return names[first], names[second + (second >= first)]
-        usable = [p for p in pairs if all(c in subject.images or (c == SYNTHETIC and subject.labels is not None) for c in p)]
+        usable = self._usable_pairs(subject)
         return usable[int(torch.randint(len(usable), (1,), generator=generator))]
+
+    def _usable_pairs(self, subject: SubjectVolumes) -> list[tuple[str, str]]:
+        """The allowed contrast pairs ``subject`` has (synthetic ones need its labels)."""
+        has = lambda c: c in subject.images or (c == SYNTHETIC and subject.labels is not None)  # noqa: E731
+        return [p for p in self.settings.contrast_pairs if all(has(c) for c in p)]
 
     def _image(self, subject: SubjectVolumes, contrast: str, generator: torch.Generator) -> torch.Tensor:
         synthetic = subject.labels is not None and (
@@ -249,14 +253,10 @@ class PairSampler:
     def _place(moving_subject: SubjectVolumes, moving: torch.Tensor, fixed_subject: SubjectVolumes):
         """The moving subject's image, mask and labels on the fixed subject's grid, shifted so the
         masks' centres of mass coincide."""
-        def centre(volume: SubjectVolumes) -> torch.Tensor:
-            points = spatial.grid_points(volume.geometry, dtype=torch.float64)
-            weights = volume.mask[0, 0].double()
-            return (points * weights[..., None]).sum(dim=tuple(range(points.ndim - 1))) / weights.sum()
-
         dim = fixed_subject.geometry.dim
         shift = torch.eye(dim + 1, dtype=torch.float32)
-        shift[:dim, dim] = (centre(moving_subject) - centre(fixed_subject)).float()
+        shift[:dim, dim] = torch.from_numpy(spatial.centre_of_mass(moving_subject.mask, moving_subject.geometry)
+                                            - spatial.centre_of_mass(fixed_subject.mask, fixed_subject.geometry))
         place = lambda t, mode: spatial.warp(t.float(), moving_subject.geometry, fixed_subject.geometry, shift, mode=mode)  # noqa: E731
         labels = None if moving_subject.labels is None else place(moving_subject.labels, "nearest").round().short()
         return place(moving, "linear"), (place(moving_subject.mask, "nearest") > 0.5).float(), labels

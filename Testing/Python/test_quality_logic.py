@@ -280,7 +280,7 @@ def test_label_overlap_identity_shift_and_direction(scene, tissue):
 
     table, chart = quality.label_overlap(scene, fixed, moving, identity)
 
-    columns = quality.table_columns(table)
+    columns = mrml.table_columns(table)
     assert table.GetNumberOfRows() == 3
     assert columns["Label"] == [1, 2, 3]
     assert columns["Dice"] == [1.0, 1.0, 1.0]
@@ -297,7 +297,7 @@ def test_label_overlap_identity_shift_and_direction(scene, tissue):
     shift[:3, 3] = (4.0, 0.0, 0.0)
     shifted = mrml.add_linear_transform_node(scene, shift, "shift 4 mm")
     table, _ = quality.label_overlap(scene, fixed, moving, shifted)
-    columns = quality.table_columns(table)
+    columns = mrml.table_columns(table)
     assert max(columns["Dice"]) < 0.95 and min(columns["HD95 (mm)"]) > 0
     warped = RegistrationResult(geometry, geometry, shift).warp(tissue, mode="nearest").array
     expected = metrics.dice_per_label(tissue.array, warped, labels=[1, 2, 3])
@@ -312,15 +312,15 @@ def test_label_overlap_identity_shift_and_direction(scene, tissue):
     translation[:3, 3] = t
     forward = mrml.add_linear_transform_node(scene, translation, "translation")
     table, _ = quality.label_overlap(scene, fixed, moved_node, forward)
-    np.testing.assert_allclose(quality.table_columns(table)["Dice"], 1.0)
+    np.testing.assert_allclose(mrml.table_columns(table)["Dice"], 1.0)
     backward = mrml.add_linear_transform_node(scene, np.linalg.inv(translation), "backward")
     table, _ = quality.label_overlap(scene, fixed, moved_node, backward)
-    assert max(quality.table_columns(table)["Dice"]) < 0.95
+    assert max(mrml.table_columns(table)["Dice"]) < 0.95
 
     # the moving labels placed under the transform (to view them on the fixed ones): same answer
     moved_node.SetAndObserveTransformNodeID(forward.GetID())
     table, _ = quality.label_overlap(scene, fixed, moved_node, forward)
-    np.testing.assert_allclose(quality.table_columns(table)["Dice"], 1.0)
+    np.testing.assert_allclose(mrml.table_columns(table)["Dice"], 1.0)
     moved_node.SetAndObserveTransformNodeID(None)
 
 
@@ -332,7 +332,7 @@ def test_label_overlap_with_segmentations(scene, tissue):
 
     # moving segmentation against a fixed labelmap: segments keep their label values
     table, _ = quality.label_overlap(scene, fixed, segmentation, identity)
-    columns = quality.table_columns(table)
+    columns = mrml.table_columns(table)
     assert columns["Label"] == [1, 2, 3]
     np.testing.assert_allclose(columns["Dice"], 1.0)
     np.testing.assert_allclose(columns["HD95 (mm)"], 0.0)
@@ -352,12 +352,12 @@ def test_label_overlap_with_segmentations(scene, tissue):
     with pytest.raises(InputError, match="segmentation without a reference geometry; select a reference volume"):
         quality.label_overlap(scene, segmentation, moving, identity)
     table, _ = quality.label_overlap(scene, segmentation, moving, identity, reference_volume_node=fixed)
-    columns = quality.table_columns(table)
+    columns = mrml.table_columns(table)
     assert columns["Label"] == [1, 2, 3] and columns["Name"] == [names[v] for v in (1, 2, 3)]
     np.testing.assert_allclose(columns["Dice"], 1.0)
     # by value instead, the permuted labels would not overlap
     table, _ = quality.label_overlap(scene, fixed, permuted, identity)
-    assert max(quality.table_columns(table)["Dice"]) < 0.5
+    assert max(mrml.table_columns(table)["Dice"]) < 0.5
 
 
 def test_label_overlap_bad_inputs(scene, tissue):
@@ -433,7 +433,7 @@ def test_landmark_error_of_known_affine_and_offset(scene, t1, tissue):
 
     table, stats = quality.landmark_error(scene, fixed, moving, node)
     assert stats["count"] == 6 and stats["max_mm"] < 1e-3
-    columns = quality.table_columns(table)
+    columns = mrml.table_columns(table)
     assert columns["Index"] == [1, 2, 3, 4, 5, 6] and columns["Fixed label"][0] == "F-1"
     # the LPS matrix applied to RAS points misses by millimetres: the test tells the conventions apart
     as_if_lps = fixed_ras @ affine[:3, :3].T + affine[:3, 3]
@@ -442,7 +442,7 @@ def test_landmark_error_of_known_affine_and_offset(scene, t1, tissue):
     offset = np.array([1.0, 2.0, -2.0])
     shifted = add_points(scene, moving_ras + offset, "M shifted")
     table, stats = quality.landmark_error(scene, fixed, shifted, node)
-    np.testing.assert_allclose(quality.table_columns(table)["Error (mm)"], 3.0, atol=1e-3)
+    np.testing.assert_allclose(mrml.table_columns(table)["Error (mm)"], 3.0, atol=1e-3)
     assert stats["mean_mm"] == pytest.approx(3.0, abs=1e-3) and stats["max_mm"] == pytest.approx(3.0, abs=1e-3)
 
     # moving points placed under the transform are read in its (moving) space: still exact
@@ -491,7 +491,7 @@ def test_report_is_written_and_never_overwritten(scene, reference, t1, tissue, t
     fixed = mrml.add_volume_node(scene, tissue, "tissue", labelmap=True)
     moving = mrml.add_volume_node(scene, tissue.with_array(np.where(tissue.array == 3, 0, tissue.array)), "two labels", labelmap=True)
     overlap, _ = quality.label_overlap(scene, fixed, moving, mrml.add_linear_transform_node(scene, np.eye(4), "identity"))
-    assert quality.table_columns(overlap)["HD95 (mm)"][2] == float("inf")  # label 3 missing in the moving map
+    assert mrml.table_columns(overlap)["HD95 (mm)"][2] == float("inf")  # label 3 missing in the moving map
     stats = {"jacobian": jacobian_stats, "overlap": json.loads(overlap.GetAttribute("DeepMultiModalReg.Statistics"))}
 
     first = quality.write_report(scene, tmp_path, {"overlap": overlap}, stats, jacobian_volume_node=jacobian)
@@ -500,7 +500,7 @@ def test_report_is_written_and_never_overwritten(scene, reference, t1, tissue, t
     with open(first["overlap"], newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [int(row["Label"]) for row in rows] == [1, 2, 3]
-    assert float(rows[0]["Dice"]) == quality.table_columns(overlap)["Dice"][0]
+    assert float(rows[0]["Dice"]) == mrml.table_columns(overlap)["Dice"][0]
     assert rows[2]["HD95 (mm)"] == "inf"
     document = json.loads(open(first["json"]).read())
     assert document["statistics"]["jacobian"]["folding_percent"] == 0.0

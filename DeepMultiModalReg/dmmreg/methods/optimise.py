@@ -140,12 +140,6 @@ def _foreground(image: torch.Tensor, radius: int, threshold: float = 0.02) -> to
     return mask > 0
 
 
-def _centre_of_mass(image: torch.Tensor, geometry: Geometry) -> np.ndarray:
-    points = spatial.grid_points(geometry, device=image.device).reshape(-1, geometry.dim)
-    w = image.reshape(-1)
-    return ((points * w[:, None]).sum(0) / w.sum().clamp_min(1e-6)).double().cpu().numpy()
-
-
 class _Similarity:
     """Similarity of the fixed level image and the moving one seen through a transform."""
 
@@ -213,7 +207,7 @@ def register_optimise(
 
     if initial_affine is None:
         coarsest = levels[levels_mm[0]]
-        shift = _centre_of_mass(coarsest.moving.prod(dim=1, keepdim=True), coarsest.moving_geometry) - _centre_of_mass(
+        shift = spatial.centre_of_mass(coarsest.moving.prod(dim=1, keepdim=True), coarsest.moving_geometry) - spatial.centre_of_mass(
             coarsest.fixed if coarsest.fixed_weight is None else coarsest.fixed * coarsest.fixed_weight, coarsest.fixed_geometry)
         initial_affine = np.eye(dim + 1)
         initial_affine[:dim, dim] = shift
