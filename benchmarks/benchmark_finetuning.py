@@ -1,20 +1,23 @@
 """Does fine-tuning help?  Fine-tune a bundled model on real multi-contrast subjects and compare
 the base and the fine-tuned model on held-out known-warp pairs of those contrasts.
 
-Fine-tuning cohort: the aurora-met and tcga-du-7294 T1, T2 and FLAIR of ``../shared/data``
-(pairs T2 or FLAIR fixed, deformed by random known warps, T1 moving), run by the same path as
-``dmmreg finetune``.  Held out: the stroke subject, never used in training or in choosing the
-weights of any model.  Two measures on it:
+Fine-tuning cohort (``--tuning-subjects``, default: the stroke subject, the one multi-contrast
+subject the bundled models are not trained on): T1, T2 and FLAIR of ``../shared/data``, pairs T2
+or FLAIR fixed, deformed by random known warps, T1 moving, run by the same path as ``dmmreg
+finetune``.  Tested on ``--test-subject`` (default: stroke), on two measures:
 
-* the trainer's validation (model grid, residual-affine known warps), recorded in the new card
-  as ``validation_at_start`` (the base model) and ``validation`` (the fine-tuned one);
+* the trainer's validation (model grid, residual-affine known warps; when the test subject is
+  tuned on, held-out random warps of it), recorded in the new card as ``validation_at_start``
+  (the base model) and ``validation`` (the fine-tuned one);
 * the whole registration (``dmmreg register --model``: affine pre-alignment, network, result
-  at full resolution) on the benchmark's known-warp cases (``benchmark_registration.py``).
+  at full resolution) on the benchmark's known-warp cases (``benchmark_registration.py``),
+  whose warps (drawn at 1 mm by ``known_warp``) are not among the training pairs.
 
 Writes ``finetuning-<date>-<host>-<n>cpu.md`` to ``--out``; the fine-tuned model goes to a
 temporary user models folder (``--keep`` keeps it).
 
     python benchmarks/benchmark_finetuning.py --model midir-brain-3d --steps 300
+    python benchmarks/benchmark_finetuning.py --tuning-subjects aurora-met tcga-du-7294  # held-out subject
 """
 
 from __future__ import annotations
@@ -34,10 +37,6 @@ from benchmark_registration import DEFAULT_DATA, SUBJECTS, build_case, evaluate,
 from dmmreg.model_io import find_model, read_card
 from dmmreg.training_jobs import TrainingJob, run_job
 
-TUNING_SUBJECTS = ("aurora-met", "tcga-du-7294")
-HELD_OUT = "stroke"
-
-
 def write_cohort(data: Path, subjects, path: Path) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -52,7 +51,10 @@ def main() -> None:
     parser.add_argument("--model", default="midir-brain-3d", help="the base model (bundled name or file)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--epoch-steps", type=int, default=50)
-    parser.add_argument("--learning-rate", type=float, help="default: the base model's")
+    parser.add_argument("--tuning-subjects", nargs="+", choices=sorted(SUBJECTS), default=["stroke"])
+    parser.add_argument("--test-subject", choices=sorted(SUBJECTS), default="stroke")
+    parser.add_argument("--learning-rate", type=float, default=1e-4, help="largest learning rate (0: the base model's)")
+    parser.add_argument("--max-gradient-norm", type=float, default=1.0)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="known-warp seeds of the held-out cases")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
@@ -62,11 +64,14 @@ def main() -> None:
     base_card = read_card(find_model("", 0, args.model))
     with tempfile.TemporaryDirectory(prefix="dmmreg-finetune-") as scratch:
         work = Path(scratch)
-        write_cohort(args.data, (*TUNING_SUBJECTS, HELD_OUT), work / "cohort.csv")
+        tested_apart = args.test_subject not in args.tuning_subjects
+        write_cohort(args.data, (*args.tuning_subjects, *([args.test_subject] if tested_apart else [])),
+                     work / "cohort.csv")
         job = TrainingJob(method=base_card["method"], cohorts=[str(work / "cohort.csv")], name="finetuned",
                           base_model=args.model, contrast_pairs=[["t2", "t1"], ["flair", "t1"]],
-                          validation_subjects=[HELD_OUT], validation_pairs=8, steps=args.steps,
-                          epoch_steps=args.epoch_steps, learning_rate=args.learning_rate,
+                          validation_subjects=[args.test_subject] if tested_apart else [], validation_pairs=8,
+                          steps=args.steps, epoch_steps=args.epoch_steps, learning_rate=args.learning_rate or None,
+                          max_gradient_norm=args.max_gradient_norm,
                           output=str(work / "models" / "finetuned.safetensors"))
         tuned_path = run_job(job, work / "run", progress=lambda kind, fraction, message, record=None:
                              print(message, flush=True) if kind == "validate" else None)
@@ -74,7 +79,7 @@ def main() -> None:
         rows = []
         for contrast in ("T2", "FLAIR"):
             for seed in args.seeds:
-                case = build_case(args.data, HELD_OUT, contrast, seed, work / "cases")
+                case = build_case(args.data, args.test_subject, contrast, seed, work / "cases")
                 for label, model in (("base", args.model), ("fine-tuned", str(tuned_path))):
                     row = evaluate(case, model_runner(model, 0)(case, case.fixed_path.parent))
                     rows.append({"case": case.name, "model": label, **row})
@@ -89,10 +94,13 @@ def main() -> None:
     path = args.out / f"finetuning-{stamp}-{platform.node().split('.')[0]}-{os.cpu_count()}cpu.md"
     mean = lambda label, key: sum(r[key] for r in rows if r["model"] == label) / max(1, sum(r["model"] == label for r in rows))  # noqa: E731
     start, end = tuned["validation_at_start"], tuned["validation"]
-    lines = [f"# Fine-tuning {args.model} on {', '.join(TUNING_SUBJECTS)}, {stamp}, {os.cpu_count()} CPUs", "",
-             f"{args.steps} updates ({tuned['training']['seconds']:.0f} s, {tuned['training']['device']}), pairs T2/FLAIR "
-             f"fixed, T1 moving; held out: {HELD_OUT}.", "",
-             "## Trainer validation (held-out subject, model grid)", "",
+    tested = (f"held-out subject {args.test_subject}" if tested_apart else
+              f"{args.test_subject}, held-out random warps (the subject was tuned on)")
+    lines = [f"# Fine-tuning {args.model} on {', '.join(args.tuning_subjects)}, {stamp}, {os.cpu_count()} CPUs", "",
+             f"{args.steps} updates ({tuned['training']['seconds']:.0f} s, {tuned['training']['device']}), learning rate "
+             f"{args.learning_rate or 'of the base model'}, gradient norm clipped at {args.max_gradient_norm}, pairs T2/FLAIR "
+             f"fixed, T1 moving; tested on: {tested}.", "",
+             "## Trainer validation (model grid)", "",
              "| model | EPE (mm) | folding % |", "|---|---|---|",
              f"| base | {start.get('epe_mm', float('nan')):.2f} | {start.get('folding_percent', float('nan')):.3f} |",
              f"| fine-tuned | {end.get('epe_mm', float('nan')):.2f} | {end.get('folding_percent', float('nan')):.3f} |", "",

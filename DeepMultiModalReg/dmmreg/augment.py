@@ -47,6 +47,9 @@ class SpatialAugmentation:
 
 RESIDUAL_AFFINE = SpatialAugmentation()
 STRONG_AFFINE = SpatialAugmentation(max_rotation_deg=15.0, max_scaling=0.3, max_shear=0.1, max_shift_mm=15.0)
+# what the pre-alignment leaves on the registration benchmark (affine error about 1 mm, the non-rigid rest)
+PREALIGNED = SpatialAugmentation(max_rotation_deg=1.0, max_scaling=0.01, max_shift_mm=1.0)
+SPATIAL_PRESETS = {"residual": RESIDUAL_AFFINE, "strong": STRONG_AFFINE, "prealigned": PREALIGNED}
 
 
 @dataclass(frozen=True)

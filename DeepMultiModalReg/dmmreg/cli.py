@@ -98,13 +98,23 @@ def _add_training_data(p) -> None:
     p.add_argument("--validation-subjects", help="comma-separated subjects held out for validation "
                    "(default: the last subject; with one subject, held-out random warps of it)")
     p.add_argument("--validation-pairs", type=int, default=6, help="known-warp pairs validated on after every epoch")
+    p.add_argument("--align-contrasts", action="store_true", help="register each training subject's contrasts to its "
+                   "first one (affine) before drawing pairs, for cohorts whose contrasts are only roughly aligned")
+    p.add_argument("--registration-cases", type=int, default=0, metavar="N",
+                   help="also validate by the whole registration (pre-alignment, network, full resolution) of N "
+                   "known-warp cases of the held-out subjects, and keep the weights best at that (3D models)")
     p.add_argument("--steps", default=None, help="updates per stage: N, or STAGE=N,STAGE=N")
     p.add_argument("--epoch-steps", type=int, default=100, help="updates between validations and checkpoints")
-    p.add_argument("--augmentation", choices=["residual", "strong"], help="spatial augmentation: residual (small affine, "
-                   "for networks run after affine pre-alignment) or strong (20-50%% affine, FIRE); default: by method")
+    p.add_argument("--augmentation", choices=["residual", "prealigned", "strong"], help="spatial augmentation: residual "
+                   "(small affine, for networks run after affine pre-alignment), prealigned (about what the pre-alignment "
+                   "leaves: 1 degree, 1%%, 1 mm) or strong (20-50%% affine, FIRE); default: by method")
     p.add_argument("--no-intensity-augmentation", action="store_true")
     p.add_argument("--learning-rate", type=float, help="largest learning rate (the method's ratios between its "
                    "optimisers are kept); default: the method's")
+    p.add_argument("--learning-rate-decay-steps", type=int, metavar="N",
+                   help="drop the learning rates to a tenth every N updates of a stage (default: constant)")
+    p.add_argument("--max-gradient-norm", type=float, metavar="X",
+                   help="clip the gradients to this norm before every update (default: no clipping)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-folder", help="checkpoints and job.json (default: the user models folder's runs/NAME)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing user model of this name")
@@ -306,9 +316,12 @@ def training_job(args):
         contrasts=args.contrasts.split(",") if args.contrasts else None, contrast_pairs=pairs, synthetic=args.synthetic,
         across_subjects=args.across_subjects,
         validation_subjects=args.validation_subjects.split(",") if args.validation_subjects else None,
-        validation_pairs=args.validation_pairs, steps=steps, epoch_steps=args.epoch_steps, spatial=args.augmentation,
-        intensity=not args.no_intensity_augmentation, learning_rate=args.learning_rate, seed=args.seed,
-        device=args.device, output=args.output,
+        validation_pairs=args.validation_pairs, registration_cases=args.registration_cases,
+        align_contrasts=args.align_contrasts, steps=steps,
+        epoch_steps=args.epoch_steps, spatial=args.augmentation,
+        intensity=not args.no_intensity_augmentation, learning_rate=args.learning_rate,
+        learning_rate_decay_steps=args.learning_rate_decay_steps, max_gradient_norm=args.max_gradient_norm,
+        seed=args.seed, device=args.device, output=args.output,
     )
 
 

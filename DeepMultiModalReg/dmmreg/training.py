@@ -83,7 +83,10 @@ def _mean_dice(fixed: torch.Tensor, warped: torch.Tensor) -> float:
 
 
 def score(metrics: dict[str, float]) -> float:
-    """Lower is better: the endpoint error where known, else 1 - Dice."""
+    """Lower is better: the endpoint error of the whole registration where validated so, else
+    the endpoint error of the pairs where known, else 1 - Dice."""
+    if "registration_epe_mm" in metrics:
+        return metrics["registration_epe_mm"]
     if "epe_mm" in metrics:
         return metrics["epe_mm"]
     return 1.0 - metrics.get("dice", 0.0)
@@ -110,14 +113,22 @@ class Trainer:
     updates per stage (``{stage: n}``, in that order).
 
     ``validation``: fixed pairs scored after every ``epoch_steps`` updates and at the end of each
-    stage; ``run_folder``: where checkpoints go (None: none); ``cancel()``: polled after every
-    update; ``progress(kind, fraction, message, record=...)``; ``learning_rate``: when given, the
+    stage; ``registration_validation(model)``: more figures at the same times (e.g.
+    :func:`dmmreg.registration_validation.validate_registration`), whose
+    ``registration_epe_mm`` then chooses the best weights; ``run_folder``: where checkpoints go
+    (None: none); ``cancel()``: polled after every update; ``progress(kind, fraction, message, record=...)``; ``learning_rate``: when given, the
     optimisers' rates are scaled so the largest equals it (the method's ratios are kept);
+    ``decay_steps``: every that many updates of a stage the rates drop to a tenth (the step
+    schedule of 003_2f2aa96e65959a3c.txt sec. 4.4, 1/10 every 50 epochs; None: constant);
+    ``max_gradient_norm``: each optimiser's gradients are clipped to this global norm before its
+    step (a guard against the loss spikes that can throw a network off; None: no clipping);
     ``device``: on CUDA the forward passes run in bfloat16 autocast (mixed precision)."""
 
     def __init__(self, model: LearnedMethod, batches: BatchSource, steps: dict[str, int], *,
                  validation: list[TrainingBatch] = (), epoch_steps: int = 100, seed: int = 0,
                  run_folder: str | os.PathLike | None = None, device="cpu", learning_rate: float | None = None,
+                 decay_steps: int | None = None, max_gradient_norm: float | None = None,
+                 registration_validation: Callable[[LearnedMethod], dict[str, float]] | None = None,
                  cancel: Callable[[], bool] | None = None, progress=None):
         unknown = [s for s in steps if s not in model.stages]
         if unknown:
@@ -125,10 +136,13 @@ class Trainer:
         self.model, self.batches, self.seed = model, batches, seed
         self.steps = {stage: int(steps[stage]) for stage in model.stages if stage in steps}
         self.validation = list(validation)
+        self.registration_validation = registration_validation
         self.epoch_steps = max(1, int(epoch_steps))
         self.run_folder = None if run_folder is None else Path(run_folder)
         self.device = torch.device(device)
         self.learning_rate = learning_rate
+        self.decay_steps = decay_steps
+        self.max_gradient_norm = max_gradient_norm
         self.cancel = cancel or (lambda: False)
         self.progress = progress or (lambda *args, **kwargs: None)
         self.state = TrainingState()
@@ -158,6 +172,13 @@ class Trainer:
             for optimiser in self.optimisers:
                 for group in optimiser.param_groups:
                     group["lr"] = group["lr"] * self.learning_rate / top
+        if self.max_gradient_norm is not None:
+            for optimiser in self.optimisers:
+                optimiser.register_step_pre_hook(self._clip_gradients)
+
+    def _clip_gradients(self, optimiser: torch.optim.Optimizer, *_) -> None:
+        parameters = [p for group in optimiser.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(parameters, self.max_gradient_norm)
 
     def run(self) -> list[dict]:
         """Train to the end (or raise :class:`Cancelled` after writing a checkpoint).  Returns the
@@ -167,7 +188,7 @@ class Trainer:
         start = time.perf_counter() - (self.state.history[-1]["seconds"] if self.state.history else 0.0)
         if self.state.done == 0:
             torch.manual_seed(self.seed)  # the methods' own random draws (e.g. NMI voxel samples)
-            if self.validation:
+            if self.validates:
                 self._validate(start, "before training")
         while self.state.stage_index < len(self.stage_names):
             stage = self.stage_names[self.state.stage_index]
@@ -179,6 +200,10 @@ class Trainer:
                     terms = self.model.training_step(batch, self.optimisers, stage)
                 self.state.stage_step += 1
                 self.state.done += 1
+                if self.decay_steps and self.state.stage_step % self.decay_steps == 0:
+                    for optimiser in self.optimisers:  # the rates travel in the checkpoints' optimiser groups
+                        for group in optimiser.param_groups:
+                            group["lr"] *= 0.1
                 record = {"kind": "train", "stage": stage, "step": self.state.stage_step,
                           "seconds": round(time.perf_counter() - start, 3), **terms}
                 self.state.history.append(record)
@@ -186,7 +211,7 @@ class Trainer:
                               f"{stage} step {self.state.stage_step}/{self.steps[stage]}: loss {terms['total']:.4f}", record=record)
                 end_of_epoch = self.state.stage_step % self.epoch_steps == 0 or self.state.stage_step == self.steps[stage]
                 if end_of_epoch:
-                    if self.validation:
+                    if self.validates:
                         self._validate(start, f"{stage} epoch {-(-self.state.stage_step // self.epoch_steps)}")
                     self.save_checkpoint()
                 if self.cancel():
@@ -196,8 +221,14 @@ class Trainer:
             self._end_stage()
         return self.state.history
 
+    @property
+    def validates(self) -> bool:
+        return bool(self.validation) or self.registration_validation is not None
+
     def _validate(self, start: float, when: str) -> None:
-        metrics = validate(self.model, self.validation, self.device)
+        metrics = validate(self.model, self.validation, self.device) if self.validation else {}
+        if self.registration_validation is not None:
+            metrics.update(self.registration_validation(self.model))
         stage = self.stage_names[min(self.state.stage_index, len(self.stage_names) - 1)]
         record = {"kind": "validation", "stage": stage, "step": self.state.stage_step, "done": self.state.done,
                   "seconds": round(time.perf_counter() - start, 3), **metrics}

@@ -71,8 +71,13 @@ def _same_grid(a: Geometry, b: Geometry) -> bool:
         a.origin, b.origin, atol=1e-2) and np.allclose(a.direction, b.direction, atol=1e-3)
 
 
-def load_subject(subject: Subject, spacing_mm: float, margin_mm: float) -> SubjectVolumes:
+def load_subject(subject: Subject, spacing_mm: float, margin_mm: float, align_contrasts: bool = False) -> SubjectVolumes:
     """Read ``subject``'s files and resample them onto a 3D model grid around its brain.
+
+    ``align_contrasts``: first register every contrast to the first one (``optimise``'s affine
+    pre-alignment) and resample it through that affine, for subjects whose contrasts are only
+    roughly aligned (aurora-met's are ~1.9 mm apart): a known warp is exact only for aligned
+    contrasts, and an unsupervised loss teaches a network their offset.
 
     The brain mask is the subject's mask file, else its labels > 0, else the voxels above 2 %
     of any normalised image.  When a mask or labels exist, intensities are normalised inside it
@@ -104,7 +109,12 @@ def load_subject(subject: Subject, spacing_mm: float, margin_mm: float) -> Subje
     on_grid = {}
     for contrast, image in images.items():
         inside = brain if brain is not None and _same_grid(brain.geometry, image.geometry) else None
-        on_grid[contrast] = onto_model_grid(image_tensor(image, inside, "cpu"), image.geometry, geometry)
+        affine = None
+        if align_contrasts and image is not reference:
+            from .methods.optimise import prealign
+
+            affine = torch.as_tensor(prealign(reference, image), dtype=torch.float32)
+        on_grid[contrast] = onto_model_grid(image_tensor(image, inside, "cpu"), image.geometry, geometry, affine=affine)
     if mask is None:
         mask = (torch.stack(list(on_grid.values())).amax(dim=0) > 0.02).float()
     else:
@@ -133,13 +143,14 @@ def _crop_box(mask: torch.Tensor, margin: int, multiple: int = 16) -> tuple[slic
     return tuple(boxes)
 
 
-def load_cohort(cohort: Cohort, spacing_mm: float, margin_mm: float, progress=None) -> list[SubjectVolumes]:
+def load_cohort(cohort: Cohort, spacing_mm: float, margin_mm: float, progress=None,
+                align_contrasts: bool = False) -> list[SubjectVolumes]:
     """Every subject of ``cohort`` on its model grid (see :func:`load_subject`)."""
     report = progress or (lambda *_: None)
     volumes = []
     for number, subject in enumerate(cohort.subjects):
         report("load", number / max(len(cohort), 1), f"reading subject {subject.name} ({number + 1}/{len(cohort)})")
-        volumes.append(load_subject(subject, spacing_mm, margin_mm))
+        volumes.append(load_subject(subject, spacing_mm, margin_mm, align_contrasts))
     return volumes
 
 

@@ -42,12 +42,20 @@ class TrainingJob:
       label-drawn contrast; ``across_subjects``: pair different subjects.
     * ``validation_subjects``: names held out for validation (default: the last subject of the
       last cohort when there are several subjects, else held-out pairs of the one subject);
-      ``validation_pairs``: how many fixed known-warp pairs to validate on.
+      ``validation_pairs``: how many fixed known-warp pairs to validate on; ``align_contrasts``:
+      register each training subject's contrasts to its first one before drawing pairs;
+      ``registration_cases``: also validate by the whole registration of that many full-resolution
+      known-warp cases of the held-out subjects (3D models; :mod:`dmmreg.registration_validation`),
+      whose endpoint error then chooses the best weights (0: off).
     * ``steps``: updates per stage (``{stage: n}``) or one number for every stage;
       ``epoch_steps``: updates between validations and checkpoints.
     * ``spatial``: ``"residual"`` (small affine, for networks run after an affine
-      pre-alignment), ``"strong"`` (the FIRE paper's 20-50 % affine changes) or None (the
+      pre-alignment), ``"prealigned"`` (smaller still: about what the pre-alignment leaves),
+      ``"strong"`` (the FIRE paper's 20-50 % affine changes) or None (the
       method's default); ``intensity``: intensity augmentation on/off.
+    * ``learning_rate``: the largest optimiser rate (None: the method's);
+      ``learning_rate_decay_steps``: drop the rates to a tenth every that many updates of a stage;
+      ``max_gradient_norm``: clip each optimiser's gradients to this norm (None: no clipping).
     """
 
     method: str
@@ -61,11 +69,15 @@ class TrainingJob:
     across_subjects: bool = False
     validation_subjects: list[str] | None = None
     validation_pairs: int = 6
+    registration_cases: int = 0
+    align_contrasts: bool = False
     steps: int | dict[str, int] = 500
     epoch_steps: int = 100
     spatial: str | None = None
     intensity: bool = True
     learning_rate: float | None = None
+    learning_rate_decay_steps: int | None = None
+    max_gradient_norm: float | None = None
     seed: int = 0
     device: str = "auto"
     output: str | None = None
@@ -151,30 +163,42 @@ def run_job(job: TrainingJob, run_folder: str | Path | None = None, progress=Non
         validation_names = [cohort.subjects[-1].name] if len(cohort) > 1 else []
     training, held_out = cohort.split(validation_names)
     cfg = model.config
-    volumes = load_cohort(training, cfg.spacing_mm, cfg.margin_mm, report)
+    volumes = load_cohort(training, cfg.spacing_mm, cfg.margin_mm, report, align_contrasts=job.align_contrasts)
     spatial = job.spatial or ("strong" if model.predicts_affine else "residual")
-    if spatial not in ("residual", "strong"):
-        raise InputError(f"spatial augmentation {spatial!r}: choose residual or strong")
+    if spatial not in augment.SPATIAL_PRESETS:
+        raise InputError(f"spatial augmentation {spatial!r}: choose {', '.join(augment.SPATIAL_PRESETS)}")
     settings = PairSettings(
         dim=cfg.dim,
         contrast_pairs=None if job.contrast_pairs is None else tuple(tuple(c.lower() for c in p) for p in job.contrast_pairs),
         synthetic=job.synthetic,
         across_subjects=job.across_subjects,
-        spatial=augment.STRONG_AFFINE if spatial == "strong" else augment.RESIDUAL_AFFINE,
+        spatial=augment.SPATIAL_PRESETS[spatial],
         intensity=augment.IntensityAugmentation() if job.intensity else None,
     )
     keep = {s.name for s in training.subjects}
     sampler = PairSampler(volumes, settings, [w for s, w in zip(cohort.subjects, weights) if s.name in keep])
     if held_out.subjects:
-        validation_volumes = load_cohort(held_out, cfg.spacing_mm, cfg.margin_mm, report)
+        validation_volumes = load_cohort(held_out, cfg.spacing_mm, cfg.margin_mm, report, align_contrasts=job.align_contrasts)
         validation = PairSampler(validation_volumes, settings).validation_pairs(job.validation_pairs)
         validation_source = f"held-out subjects {', '.join(validation_names)}"
     else:
         validation = sampler.validation_pairs(job.validation_pairs, seed=10_000_000)
         validation_source = "held-out pairs (other random warps) of the training subject(s)"
 
+    cases = []
+    if job.registration_cases > 0:
+        if not held_out.subjects:
+            raise InputError("validation through the whole registration needs held-out subjects; "
+                             "name them with --validation-subjects")
+        from .registration_validation import registration_cases, validate_registration
+
+        cases = registration_cases(held_out.subjects, settings.contrast_pairs, job.registration_cases, model,
+                                   progress=report)
     trainer = Trainer(model, sampler, steps, validation=validation, epoch_steps=job.epoch_steps, seed=job.seed,
-                      run_folder=run_folder, device=device, learning_rate=job.learning_rate, cancel=cancel,
+                      run_folder=run_folder, device=device, learning_rate=job.learning_rate,
+                      decay_steps=job.learning_rate_decay_steps, max_gradient_norm=job.max_gradient_norm,
+                      registration_validation=(lambda m: validate_registration(m, cases, device)) if cases else None,
+                      cancel=cancel,
                       progress=report)
     if run_folder is not None:
         Path(run_folder).mkdir(parents=True, exist_ok=True)
@@ -201,10 +225,13 @@ def run_job(job: TrainingJob, run_folder: str | Path | None = None, progress=Non
             "seed": job.seed,
             "base_model": None if base_card is None else {"name": base_card["name"], "validation": base_card.get("validation")},
             "learning_rate": job.learning_rate,
+            "learning_rate_decay_steps": job.learning_rate_decay_steps,
+            "max_gradient_norm": job.max_gradient_norm,
         },
         "validation": {
             "source": validation_source,
             "pairs": len(validation),
+            "registration_cases": [case.name for case in cases],
             "after_updates": validation_numbers.get("done"),  # which weights were kept (0: the starting ones)
             **{k: round(v, 4) for k, v in validation_numbers.items() if k not in ("done", "step", "seconds")},
         },

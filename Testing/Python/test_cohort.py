@@ -102,3 +102,28 @@ def test_loaded_subject_is_normalised_masked_and_cropped_to_the_brain(tmp_path, 
     assert float(t1[near == 0].abs().max()) == 0.0
     for axis in (2, 3, 4):
         assert volumes.mask.narrow(axis, 0, 1).sum() == 0 and volumes.mask.narrow(axis, -1, 1).sum() == 0
+
+
+def test_contrasts_only_roughly_aligned_are_registered_to_the_first_one(tmp_path, stroke):
+    """A second image whose header puts it 3 mm off (the image moved, as aurora-met's contrasts are
+    ~1.9 mm apart) lands back on the first with ``align_contrasts``, and stays off without it.  The
+    second image is a copy of the T1 so that the affine found is exact (between contrasts it has
+    a ~1 % scaling of its own)."""
+    from dataclasses import replace
+
+    brain = stroke["T1"].with_array((stroke["T1"].array > 20).astype(np.uint8))  # one crop box for both subjects
+    for subject in ("s1", "s2"):
+        (tmp_path / subject).mkdir()
+        write_image(stroke["T1"], tmp_path / subject / "T1.nii.gz")
+        write_image(brain, tmp_path / subject / "labels.nii.gz")
+    moved = replace(stroke["T1"].geometry, origin=tuple(np.add(stroke["T1"].geometry.origin, (0.0, 3.0, 0.0))))
+    write_image(Image(stroke["T1"].array, moved), tmp_path / "s1" / "T1_copy.nii.gz")
+    write_image(stroke["T1"], tmp_path / "s2" / "T1_copy.nii.gz")
+    shifted, aligned_copy = read_cohort(tmp_path).subjects
+    reference = load_subject(aligned_copy, 4.0, 8.0)
+    off, back = load_subject(shifted, 4.0, 8.0), load_subject(shifted, 4.0, 8.0, align_contrasts=True)
+    assert off.geometry == back.geometry == reference.geometry
+    # 1 - correlation (the copy on another grid than the labels is normalised over its whole image)
+    error = lambda volumes: 1 - float(torch.corrcoef(torch.stack(  # noqa: E731
+        [volumes.images["t1_copy"].flatten(), reference.images["t1_copy"].flatten()]))[0, 1])
+    assert error(back) < 0.1 * error(off)

@@ -67,6 +67,26 @@ def test_resumed_run_equals_uninterrupted_run(sampler, tmp_path):
         assert torch.allclose(value, resumed.state_dict()[key], atol=1e-6), key
 
 
+def test_learning_rate_drops_to_a_tenth_and_gradients_are_clipped_also_after_a_resume(sampler, tmp_path):
+    schedule = dict(decay_steps=2, max_gradient_norm=1e-3, epoch_steps=1, seed=2)
+    model = new_model()
+    base = model.make_optimisers()[0].param_groups[0]["lr"]
+    trainer = Trainer(model, sampler, {"train": 3}, run_folder=tmp_path / "run",
+                      cancel=lambda: trainer.state.done == 3, **schedule)
+    with pytest.raises(Cancelled):
+        trainer.run()
+    assert trainer.optimisers[0].param_groups[0]["lr"] == pytest.approx(base * 0.1)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
+    assert 0 < float(norm) <= 1e-3 * (1 + 1e-4)  # unclipped gradients of this net are about 0.01-0.5
+    again = Trainer(new_model(), sampler, {"train": 5}, run_folder=tmp_path / "run",
+                    cancel=lambda: again.state.done == 4, **schedule)
+    assert again.load_checkpoint()
+    assert again.optimisers[0].param_groups[0]["lr"] == pytest.approx(base * 0.1)  # from the checkpoint
+    with pytest.raises(Cancelled):
+        again.run()
+    assert again.optimisers[0].param_groups[0]["lr"] == pytest.approx(base * 0.01)
+
+
 def test_model_ends_with_its_best_validated_weights(sampler):
     validation = sampler.validation_pairs(2)
     model = new_model()

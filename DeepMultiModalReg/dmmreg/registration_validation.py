@@ -1,0 +1,105 @@
+"""Validation through the whole registration: what a user gets, not what the network sees.
+
+The trainer's pair validation (:func:`dmmreg.training.validate`) scores the network on its model
+grid, on pairs drawn like the training pairs.  A learned registration is more than that: an
+affine pre-alignment, resampling onto the model grid, the network, and the map back at full
+resolution (:func:`~dmmreg.methods.learned.register_with_model`).  The two can disagree: a 3D
+MIDIR trained here on 2 CPU cores improved on its model-grid pairs (5.28 to 4.32 mm) while its
+whole registrations of held-out cases were worse than their pre-alignment alone (3.02 against
+2.21 mm; see benchmarks/results/training-*.md).
+
+A :class:`RegistrationCase` is a held-out subject's contrast deformed at full resolution by a
+random known warp (:func:`~dmmreg.known_warp.random_known_warp`, the registration benchmark's
+generator) as the fixed image and another contrast, undeformed, as the moving one; its
+pre-alignment is computed once.  :func:`validate_registration` runs the whole registration of
+every case from that pre-alignment and returns the endpoint error in the brain (mm) of the
+pre-alignment alone and of the registration, and the folding %.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .cohort import Subject
+from .errors import InputError
+from .image import Image, read_image
+from .known_warp import deform, endpoint_error, random_known_warp
+from .methods.learned import LearnedMethod, register_with_model
+from .result import RegistrationResult
+
+SCORED_VOXEL_STRIDE = 2  # endpoint errors on every 2nd voxel per axis of the brain (1/8 of them)
+
+
+@dataclass
+class RegistrationCase:
+    """``fixed(p) = contrast(G(p))`` with ``truth`` = G; ``moving`` is aligned with the undeformed
+    contrast; ``scored``: fixed-grid voxels (a boolean array) where errors are measured;
+    ``initial_affine``: the pre-alignment (fixed point -> moving point, LPS)."""
+
+    name: str
+    fixed: Image
+    moving: Image
+    truth: RegistrationResult
+    scored: np.ndarray
+    initial_affine: np.ndarray
+
+    def prealignment(self) -> RegistrationResult:
+        return RegistrationResult(self.fixed.geometry, self.moving.geometry, affine=self.initial_affine)
+
+
+def registration_cases(subjects: list[Subject], contrast_pairs, count: int, model: LearnedMethod,
+                       seed: int = 20_000, progress=None) -> list[RegistrationCase]:
+    """``count`` known-warp cases from ``subjects`` (3D), cycling through the subjects and their
+    usable ``(fixed, moving)`` contrast pairs (None: each contrast against the first one), warp
+    seeds ``seed``, ``seed + 1``...; each pre-aligned as ``model``'s registrations are."""
+    if model.dim != 3:
+        raise InputError("validation through the whole registration needs a 3D model (the held-out subjects are volumes)")
+    from .methods.optimise import prealign
+
+    report = progress or (lambda *_: None)
+    plans = []
+    for subject in subjects:
+        names = list(subject.images)
+        pairs = [tuple(p) for p in contrast_pairs] if contrast_pairs else [(c, names[0]) for c in names[1:]] or [(names[0],) * 2]
+        plans += [(subject, f, m) for f, m in pairs if f in subject.images and m in subject.images]
+    if not plans:
+        raise InputError("no held-out subject has the contrast pairs asked for; validation through the whole "
+                         "registration needs held-out subjects with those contrasts")
+    cases = []
+    for k in range(count):
+        subject, fixed_contrast, moving_contrast = plans[k % len(plans)]
+        report("validate", k / count, f"preparing registration case {k + 1}/{count} ({subject.name}, "
+                                      f"{moving_contrast} to deformed {fixed_contrast})")
+        source = read_image(subject.images[fixed_contrast], f"{fixed_contrast} image of subject {subject.name!r}")
+        moving = read_image(subject.images[moving_contrast], f"{moving_contrast} image of subject {subject.name!r}")
+        brain = ndimage.binary_fill_holes(source.array > source.array.min())
+        truth = random_known_warp(source.geometry, seed + k, mask=brain)
+        fixed = deform(source, truth)
+        scored = deform(source.with_array(brain.astype(np.uint8)), truth, label=True).array > 0
+        grid = np.zeros_like(scored)
+        grid[::SCORED_VOXEL_STRIDE, ::SCORED_VOXEL_STRIDE, ::SCORED_VOXEL_STRIDE] = True
+        affine = prealign(fixed, moving, affine=not model.predicts_affine)
+        cases.append(RegistrationCase(f"{subject.name}-{moving_contrast}-to-{fixed_contrast}-{seed + k}", fixed, moving,
+                                      truth, scored & grid, affine))
+    return cases
+
+
+def validate_registration(model: LearnedMethod, cases: list[RegistrationCase], device="cpu") -> dict[str, float]:
+    """Means over ``cases`` of the endpoint error (mm) of the pre-alignment alone
+    (``registration_epe_before_mm``) and of the whole registration (``registration_epe_mm``),
+    and the folding % of the registration (``registration_folding_percent``) in the brain."""
+    was_training = model.training
+    before, after, folding = [], [], []
+    for case in cases:
+        result = register_with_model(model, case.fixed, case.moving, initial_affine=case.initial_affine, device=device)
+        before.append(endpoint_error(case.prealignment(), case.truth, case.scored).mean())
+        after.append(endpoint_error(result, case.truth, case.scored).mean())
+        with torch.no_grad():
+            folding.append(100 * float((result.jacobian_determinant().array[case.scored] <= 0).mean()))
+    model.train(was_training)
+    return {"registration_epe_before_mm": float(np.mean(before)), "registration_epe_mm": float(np.mean(after)),
+            "registration_folding_percent": float(np.mean(folding))}
