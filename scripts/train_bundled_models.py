@@ -51,7 +51,7 @@ SMALL_RDM = dict(residual_blocks=1, style_downsamplings=2, mlp_channels=16, disc
                  discriminator_layers=3, discriminator_scales=2, registration_learning_rate=1e-3)
 MODELS = {
     "midir-brain-3d": dict(method="midir", data="multicontrast", config=dict(dim=3, spacing_mm=4.0, learning_rate=5e-4),
-                           steps=3000, epoch_steps=200, decay=2000, clip=1.0, align=True, registration_cases=4),
+                           steps=2400, epoch_steps=200, decay=1800, clip=1.0, align=True, registration_cases=4),
     "hierarchical-brain-3d": dict(method="hierarchical", steps={"coarse": 600, "translation": 200, "fine": 600},
                                   config=dict(dim=3, spacing_mm=4.0, encoder=(8, 16, 16, 16), decoder=(16, 16, 16),
                                               learning_rate=1e-3)),
@@ -106,13 +106,13 @@ def write_ixi_cohort(path: Path) -> list[str]:
     return [rows[k * step][0] for k in range(VALIDATION_SUBJECTS)]
 
 
-NOT_YET_BUNDLED = """On two CPU cores the networks trained on IXI T1s with synthetic contrasts (a few thousand
-updates each) stayed within a few per cent of the identity on their held-out pairs, and the 3D MIDIR
-trained on the real multi-contrast subjects (3000 updates) improved on its model-grid pairs (5.28 to
-4.32 mm) but made the whole registration worse than its affine pre-alignment alone (2.21 to 3.02 mm
-on four held-out stroke cases; benchmarks/results/training-*.md). None is bundled. The script trains
-them with `--only NAME`; `--steps-scale 20` (or more) on a CUDA GPU, where the trainer uses mixed
-precision; `dmmreg train --registration-cases N` selects weights by the whole registration."""
+NOT_YET_BUNDLED = """None is bundled. On two CPU cores the networks trained on IXI T1s with synthetic contrasts
+(a few thousand updates each) stayed within a few per cent of the identity on their held-out
+pairs, and the 3D MIDIR runs on the real multi-contrast subjects improved on their model-grid
+pairs but registered the held-out stroke cases worse than their own affine pre-alignment
+(`registration` column of benchmarks/results/training-*.md). The script trains them with
+`--only NAME`, and with `--steps-scale 20` (or more) on a CUDA GPU, where the trainer uses mixed
+precision; `--registration-cases` keeps the weights best at the whole registration."""
 
 
 def scaled(steps, factor: float):
@@ -133,8 +133,9 @@ def write_training_report(runs: Path, path: Path) -> Path:
              "output is about zero, so this is the identity; for a fine-tuning run, the base model); `best`: the best "
              "epoch so far. `registration`: runs "
              "validated by the whole registration too (`--registration-cases`), the endpoint error at full "
-             "resolution of the pre-alignment alone, of the start and of the best weights.", "",
-             "| run | cohort | updates done | planned | seconds | EPE start (mm) | EPE best (mm) | at update | Dice start | Dice best | folding % at best | registration: pre-alignment, start, best (mm) |",
+             "resolution of the pre-alignment alone, of the starting weights and of the best trained epoch "
+             "(the starting weights are kept when no epoch beats them).", "",
+             "| run | cohort | updates done | planned | seconds | EPE start (mm) | EPE best (mm) | at update | Dice start | Dice best | folding % at best | registration: pre-alignment, start, best epoch (mm) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for folder in sorted(p for p in runs.iterdir() if (p / "checkpoint.json").exists()):
         state = json.loads((folder / "checkpoint.json").read_text())
@@ -148,8 +149,10 @@ def write_training_report(runs: Path, path: Path) -> Path:
         planned = sum(job["steps"].values()) if isinstance(job["steps"], dict) else job["steps"]
         cell = lambda record, key: f"{record[key]:.3f}" if key in record else "-"  # noqa: E731
         cohorts = ", ".join(Path(c).stem for c in job["cohorts"])
-        registration = "-" if "registration_epe_mm" not in start else (
-            f"{start['registration_epe_before_mm']:.3f}, {start['registration_epe_mm']:.3f}, {best['registration_epe_mm']:.3f}")
+        trained = [r for r in validations if r["done"] > 0 and "registration_epe_mm" in r]
+        registration = "-" if "registration_epe_mm" not in start or not trained else (
+            f"{start['registration_epe_before_mm']:.3f}, {start['registration_epe_mm']:.3f}, "
+            f"{min(r['registration_epe_mm'] for r in trained):.3f}")
         lines.append(f"| {folder.name} | {cohorts} | {state['done']} | {planned} | {state['history'][-1]['seconds']:.0f} | "
                      f"{cell(start, 'epe_mm')} | {cell(best, 'epe_mm')} | {best['done']} | {cell(start, 'dice')} | "
                      f"{cell(best, 'dice')} | {cell(best, 'folding_percent')} | {registration} |")
@@ -173,6 +176,7 @@ def describe_data(card: Path, kind: str, validation: list[str]) -> None:
     contents["training"]["cohorts"] = [f"../shared/data/{folder} ({len(contents['training']['subjects'])} "
                                        f"training subjects; held out for validation: {', '.join(validation)})"]
     contents["training"]["data"] = DATA_DESCRIPTIONS[kind]
+    contents["training"].setdefault("align_contrasts", MODELS[card.stem].get("align", False))  # cards before the field
     card.write_text(json.dumps(contents, indent=2) + "\n")
 
 

@@ -168,7 +168,12 @@ class PairSettings:
     same one when it has only one); ``synthetic``: probability of replacing each contrast by a
     synthetic one drawn from the labels (subjects with labels only); ``across_subjects``: the
     moving image comes from another subject (no known warp then, only labels for Dice), placed
-    by matching the masks' centres of mass."""
+    by matching the masks' centres of mass; ``shift_moving``: resample the moving image through a
+    random shift of up to half a voxel per axis (the truth shifted with it), so that both images of
+    a pair are interpolated: otherwise the warped fixed image is blurrier than the moving one, NMI
+    then peaks where the moving image is blurred too, off the true map, and a network trained on
+    NMI learns to shift it there (measured: trained without it, a 3D MIDIR predicted ~2.5 mm on
+    aligned pairs)."""
 
     dim: int = 3
     contrast_pairs: tuple[tuple[str, str], ...] | None = None
@@ -176,6 +181,7 @@ class PairSettings:
     across_subjects: bool = False
     spatial: augment.SpatialAugmentation = augment.RESIDUAL_AFFINE
     intensity: augment.IntensityAugmentation | None = augment.IntensityAugmentation()
+    shift_moving: bool = True
 
 
 class PairSampler:
@@ -254,11 +260,26 @@ class PairSampler:
         fixed_mask = (warp(fixed_mask) > 0.5).float()
         if fixed_labels is not None:
             fixed_labels = warp(fixed_labels, "nearest").round().short()
+        truth = None if s.across_subjects else augment.true_displacement(geometry, affine.double(), displacement.double()).float()
+        if s.shift_moving:
+            shift = (torch.rand(geometry.dim, generator=generator, dtype=torch.float64) - 0.5) * torch.tensor(geometry.spacing)
+            moving, moving_mask, moving_labels = self._shift(moving, moving_mask, moving_labels, geometry, shift)
+            if truth is not None:  # moving'(q) = moving(q + shift): the map to it is G(p) - shift
+                truth = truth - shift.float().reshape(1, -1, *([1] * geometry.dim))
         if s.intensity is not None:
             fixed = augment.random_intensity(fixed, generator, s.intensity, fixed_mask)
             moving = augment.random_intensity(moving, generator, s.intensity, moving_mask)
-        truth = None if s.across_subjects else augment.true_displacement(geometry, affine.double(), displacement.double()).float()
         return TrainingBatch(fixed, moving, geometry, fixed_mask, moving_mask, truth, fixed_labels, moving_labels)
+
+    @staticmethod
+    def _shift(moving: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None, geometry: Geometry,
+               shift: torch.Tensor):
+        """Image, mask and labels seen through ``q -> q + shift`` (mm, x y z) on ``geometry``."""
+        matrix = torch.eye(geometry.dim + 1, dtype=torch.float32)
+        matrix[:geometry.dim, geometry.dim] = shift.float()
+        move = lambda t, mode: spatial.warp(t.float(), geometry, geometry, matrix, mode=mode, padding="border")  # noqa: E731
+        moved_labels = None if labels is None else move(labels, "nearest").round().short()
+        return move(moving, "linear"), (move(mask, "nearest") > 0.5).float(), moved_labels
 
     @staticmethod
     def _place(moving_subject: SubjectVolumes, moving: torch.Tensor, fixed_subject: SubjectVolumes):

@@ -215,6 +215,7 @@ def run_job(job: TrainingJob, run_folder: str | Path | None = None, progress=Non
             "subjects": [s.name for s in training.subjects],
             "contrasts": cohort.contrasts,
             "contrast_pairs": job.contrast_pairs,
+            "align_contrasts": job.align_contrasts,
             "synthetic_contrast_probability": job.synthetic,
             "pairs": "across subjects" if job.across_subjects else "within subject, known random warp (FIRE protocol)",
             "spatial_augmentation": asdict(settings.spatial),

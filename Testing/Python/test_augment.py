@@ -81,7 +81,8 @@ def test_pairs_from_subjects_carry_exact_truth_labels_and_2d_slices():
     labels = (blob(GEOMETRY) > 0.4).short() + (blob(GEOMETRY) > 0.7).short()
     image = blob(GEOMETRY)
     subject = SubjectVolumes("s", GEOMETRY, {"t1": image}, (labels > 0).float(), labels)
-    sampler = PairSampler([subject], PairSettings(dim=3, contrast_pairs=(("synthetic", "t1"),), intensity=None))
+    sampler = PairSampler([subject], PairSettings(dim=3, contrast_pairs=(("synthetic", "t1"),), intensity=None,
+                                                  shift_moving=False))
     batch = sampler(1)
     assert batch.fixed.shape[2:] == shape and batch.true_displacement.shape == (1, 3, *shape)
     # the fixed labels are the moving labels seen through the true map
@@ -93,3 +94,20 @@ def test_pairs_from_subjects_carry_exact_truth_labels_and_2d_slices():
     assert flat.geometry.dim == 2 and flat.fixed.shape[2:] == shape[1:] and flat.true_displacement.shape[1] == 2
     with pytest.raises(Exception, match="none of the contrast pairs"):
         PairSampler([subject], PairSettings(contrast_pairs=(("t2", "t1"),)))
+
+
+def test_moving_image_is_shifted_by_under_half_a_voxel_and_the_truth_with_it():
+    image = blob(GEOMETRY)
+    subject = SubjectVolumes("s", GEOMETRY, {"t1": image}, (image > 0.3).float())
+    settings = PairSettings(dim=3, spatial=NONE, intensity=None)
+    batch = PairSampler([subject], settings)(4)
+    shift = -batch.true_displacement.flatten(2)[0, :, 0]  # no warp: the truth is the constant -shift
+    assert torch.allclose(batch.true_displacement, -shift.reshape(1, 3, 1, 1, 1), atol=1e-6)
+    assert float(shift.abs().max()) <= 2.0 and float(shift.abs().min()) > 0  # 4 mm voxels
+    assert torch.allclose(batch.fixed, image, atol=1e-6)  # the fixed image stays on its grid (identity warp)
+    # the fixed image is the moving one seen through the truth (up to the blur of interpolating twice)
+    points = spatial.grid_points(GEOMETRY)[None] + spatial.to_channels_last(batch.true_displacement)
+    through_truth = float((spatial.sample(batch.moving, GEOMETRY, points) - batch.fixed).abs().max())
+    assert through_truth < 0.2 * float((batch.moving - batch.fixed).abs().max()), through_truth
+    unshifted = PairSampler([subject], PairSettings(dim=3, spatial=NONE, intensity=None, shift_moving=False))(4)
+    assert torch.equal(unshifted.moving, image) and float(unshifted.true_displacement.abs().max()) == 0.0
