@@ -33,7 +33,6 @@ from dmmreg.methods.optimise import prealign
 from dmmreg.training_data import load_subject
 
 SHIFTS_MM = np.arange(-3.0, 3.01, 0.5)
-AXES = "xyz"  # LPS: x towards left, y towards posterior, z towards superior
 
 
 def nmi_by_shift(fixed: torch.Tensor, moving: torch.Tensor, geometry, axis: int) -> np.ndarray:

@@ -176,7 +176,6 @@ def describe_data(card: Path, kind: str, validation: list[str]) -> None:
     contents["training"]["cohorts"] = [f"../shared/data/{folder} ({len(contents['training']['subjects'])} "
                                        f"training subjects; held out for validation: {', '.join(validation)})"]
     contents["training"]["data"] = DATA_DESCRIPTIONS[kind]
-    contents["training"].setdefault("align_contrasts", MODELS[card.stem].get("align", False))  # cards before the field
     card.write_text(json.dumps(contents, indent=2) + "\n")
 
 

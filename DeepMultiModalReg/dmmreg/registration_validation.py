@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from .cohort import Subject
@@ -64,7 +63,10 @@ def registration_cases(subjects: list[Subject], contrast_pairs, count: int, mode
     plans = []
     for subject in subjects:
         names = list(subject.images)
-        pairs = [tuple(p) for p in contrast_pairs] if contrast_pairs else [(c, names[0]) for c in names[1:]] or [(names[0],) * 2]
+        if contrast_pairs:
+            pairs = [tuple(p) for p in contrast_pairs]
+        else:
+            pairs = [(c, names[0]) for c in names[1:]] or [(names[0], names[0])]
         plans += [(subject, f, m) for f, m in pairs if f in subject.images and m in subject.images]
     if not plans:
         raise InputError("no held-out subject has the contrast pairs asked for; validation through the whole "
@@ -98,8 +100,7 @@ def validate_registration(model: LearnedMethod, cases: list[RegistrationCase], d
         result = register_with_model(model, case.fixed, case.moving, initial_affine=case.initial_affine, device=device)
         before.append(endpoint_error(case.prealignment(), case.truth, case.scored).mean())
         after.append(endpoint_error(result, case.truth, case.scored).mean())
-        with torch.no_grad():
-            folding.append(100 * float((result.jacobian_determinant().array[case.scored] <= 0).mean()))
+        folding.append(100 * float((result.jacobian_determinant().array[case.scored] <= 0).mean()))
     model.train(was_training)
     return {"registration_epe_before_mm": float(np.mean(before)), "registration_epe_mm": float(np.mean(after)),
             "registration_folding_percent": float(np.mean(folding))}

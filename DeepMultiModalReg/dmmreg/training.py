@@ -116,7 +116,8 @@ class Trainer:
     stage; ``registration_validation(model)``: more figures at the same times (e.g.
     :func:`dmmreg.registration_validation.validate_registration`), whose
     ``registration_epe_mm`` then chooses the best weights; ``run_folder``: where checkpoints go
-    (None: none); ``cancel()``: polled after every update; ``progress(kind, fraction, message, record=...)``; ``learning_rate``: when given, the
+    (None: none); ``cancel()``: polled after every update; ``progress(kind, fraction, message,
+    record=...)``; ``learning_rate``: when given, the
     optimisers' rates are scaled so the largest equals it (the method's ratios are kept);
     ``decay_steps``: every that many updates of a stage the rates drop to a tenth (the step
     schedule of 003_2f2aa96e65959a3c.txt sec. 4.4, 1/10 every 50 epochs; None: constant);

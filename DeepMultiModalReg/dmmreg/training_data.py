@@ -263,7 +263,8 @@ class PairSampler:
         truth = None if s.across_subjects else augment.true_displacement(geometry, affine.double(), displacement.double()).float()
         if s.shift_moving:
             shift = (torch.rand(geometry.dim, generator=generator, dtype=torch.float64) - 0.5) * torch.tensor(geometry.spacing)
-            moving, moving_mask, moving_labels = self._shift(moving, moving_mask, moving_labels, geometry, shift)
+            moving, moving_mask, moving_labels = self._translate(moving, moving_mask, moving_labels, geometry, geometry,
+                                                                 shift, padding="border")
             if truth is not None:  # moving'(q) = moving(q + shift): the map to it is G(p) - shift
                 truth = truth - shift.float().reshape(1, -1, *([1] * geometry.dim))
         if s.intensity is not None:
@@ -272,26 +273,23 @@ class PairSampler:
         return TrainingBatch(fixed, moving, geometry, fixed_mask, moving_mask, truth, fixed_labels, moving_labels)
 
     @staticmethod
-    def _shift(moving: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None, geometry: Geometry,
-               shift: torch.Tensor):
-        """Image, mask and labels seen through ``q -> q + shift`` (mm, x y z) on ``geometry``."""
-        matrix = torch.eye(geometry.dim + 1, dtype=torch.float32)
-        matrix[:geometry.dim, geometry.dim] = shift.float()
-        move = lambda t, mode: spatial.warp(t.float(), geometry, geometry, matrix, mode=mode, padding="border")  # noqa: E731
+    def _translate(image: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None, source: Geometry,
+                   target: Geometry, shift, padding: str = "zeros"):
+        """Image, mask and labels on ``source`` seen on ``target`` through ``q -> q + shift`` (mm, x y z)."""
+        matrix = torch.eye(target.dim + 1, dtype=torch.float32)
+        matrix[:target.dim, target.dim] = torch.as_tensor(shift, dtype=torch.float32)
+        move = lambda t, mode: spatial.warp(t.float(), source, target, matrix, mode=mode, padding=padding)  # noqa: E731
         moved_labels = None if labels is None else move(labels, "nearest").round().short()
-        return move(moving, "linear"), (move(mask, "nearest") > 0.5).float(), moved_labels
+        return move(image, "linear"), (move(mask, "nearest") > 0.5).float(), moved_labels
 
-    @staticmethod
-    def _place(moving_subject: SubjectVolumes, moving: torch.Tensor, fixed_subject: SubjectVolumes):
+    @classmethod
+    def _place(cls, moving_subject: SubjectVolumes, moving: torch.Tensor, fixed_subject: SubjectVolumes):
         """The moving subject's image, mask and labels on the fixed subject's grid, shifted so the
         masks' centres of mass coincide."""
-        dim = fixed_subject.geometry.dim
-        shift = torch.eye(dim + 1, dtype=torch.float32)
-        shift[:dim, dim] = torch.from_numpy(spatial.centre_of_mass(moving_subject.mask, moving_subject.geometry)
-                                            - spatial.centre_of_mass(fixed_subject.mask, fixed_subject.geometry))
-        place = lambda t, mode: spatial.warp(t.float(), moving_subject.geometry, fixed_subject.geometry, shift, mode=mode)  # noqa: E731
-        labels = None if moving_subject.labels is None else place(moving_subject.labels, "nearest").round().short()
-        return place(moving, "linear"), (place(moving_subject.mask, "nearest") > 0.5).float(), labels
+        shift = (spatial.centre_of_mass(moving_subject.mask, moving_subject.geometry)
+                 - spatial.centre_of_mass(fixed_subject.mask, fixed_subject.geometry))
+        return cls._translate(moving, moving_subject.mask, moving_subject.labels, moving_subject.geometry,
+                              fixed_subject.geometry, shift)
 
     @staticmethod
     def _slice_index(mask: torch.Tensor, generator: torch.Generator) -> int:
