@@ -3,10 +3,12 @@
 Every model is trained by the shared trainer (:func:`dmmreg.training_jobs.run_job`, the same
 path as ``dmmreg train``) on one of two data sets (``data`` in :data:`MODELS`):
 
-* ``multicontrast``: the real T1, T1c, T2 and FLAIR of aurora-met and tcga-du-7294, pairs within
-  a subject across contrasts, the fixed one deformed by a random known warp (the FIRE
-  protocol); the stroke subject is held out for validation (best-weights selection).  The
-  registration benchmark's cases are stroke pairs too, under other warps (drawn at 1 mm).
+* ``multicontrast``: the real T1, T1c, T2 and FLAIR of aurora-met and tcga-du-7294 (2D models:
+  their axial slices), pairs within a subject across contrasts, the fixed one deformed by a
+  random known warp (the FIRE protocol); the stroke subject is held out for validation
+  (best-weights selection, by the whole registration of its known-warp cases, axial slices of
+  it for 2D models).  The registration benchmark's cases are stroke pairs too, under other
+  warps (drawn at 1 mm).
 * ``ixi``: the 185 labelled IXI T1s, a real T1 against a synthetic contrast drawn from its
   DLMUSE labels, or two synthetic contrasts; five IXI subjects held out.
 
@@ -58,15 +60,22 @@ MODELS = {
     "variational-brain-3d": dict(method="variational", steps=1200,
                                  config=dict(dim=3, spacing_mm=4.0, lunet_encoder=(8, 16, 16, 16),
                                              lunet_decoder=(16, 16, 16), learning_rate=1e-3)),
-    "fire-brain-2d": dict(method="fire", steps=2000, config=dict(dim=2, spacing_mm=2.0, synthesis_channels=(8, 16, 32),
-                                                                 resnet_blocks=2, nonrigid_channels=16, **FIRE_RATES)),
-    "disentangled-brain-2d": dict(method="disentangled", steps={"disentangle": 1500, "register": 1000},
+    "fire-brain-2d": dict(method="fire", data="multicontrast", steps=3000, epoch_steps=500, clip=1.0, align=True,
+                          registration_cases=8, config=dict(dim=2, spacing_mm=2.0, synthesis_channels=(8, 16, 32),
+                                                            resnet_blocks=2, nonrigid_channels=16, **FIRE_RATES)),
+    "disentangled-brain-2d": dict(method="disentangled", data="multicontrast", steps={"disentangle": 1500, "register": 1500},
+                                  epoch_steps=500, clip=1.0, align=True, augmentation="prealigned", registration_cases=8,
                                   config=dict(dim=2, spacing_mm=2.0, rdm_channels=8, **SMALL_RDM)),
-    "variational-brain-2d": dict(method="variational", steps=4000,
+    "variational-brain-2d": dict(method="variational", data="multicontrast", steps=6000, epoch_steps=1000, clip=1.0,
+                                 align=True, augmentation="prealigned", registration_cases=8,
                                  config=dict(dim=2, spacing_mm=2.0, learning_rate=1e-3)),
-    "hierarchical-brain-2d": dict(method="hierarchical", steps={"coarse": 2000, "translation": 1000, "fine": 2000},
+    "hierarchical-brain-2d": dict(method="hierarchical", data="multicontrast",
+                                  steps={"coarse": 3000, "translation": 1000, "fine": 3000}, epoch_steps=1000, clip=1.0,
+                                  align=True, augmentation="prealigned", registration_cases=8,
                                   config=dict(dim=2, spacing_mm=2.0, learning_rate=1e-3)),
-    "midir-brain-2d": dict(method="midir", steps=4000, config=dict(dim=2, spacing_mm=2.0, bins=32, learning_rate=1e-3)),
+    "midir-brain-2d": dict(method="midir", data="multicontrast", steps=10000, epoch_steps=1000, decay=7500, clip=1.0,
+                           align=True, augmentation="prealigned", registration_cases=8,
+                           config=dict(dim=2, spacing_mm=2.0, bins=32, learning_rate=1e-3)),
     "fire-brain-3d": dict(method="fire", steps=150, config=dict(dim=3, spacing_mm=4.0, synthesis_channels=(4, 8, 16),
                                                                 resnet_blocks=1, nonrigid_channels=8, **FIRE_RATES)),
     "disentangled-brain-3d": dict(method="disentangled", steps={"disentangle": 120, "register": 120},
@@ -106,13 +115,15 @@ def write_ixi_cohort(path: Path) -> list[str]:
     return [rows[k * step][0] for k in range(VALIDATION_SUBJECTS)]
 
 
-NOT_YET_BUNDLED = """None is bundled. On two CPU cores the networks trained on IXI T1s with synthetic contrasts
-(a few thousand updates each) stayed within a few per cent of the identity on their held-out
-pairs, and the 3D MIDIR runs on the real multi-contrast subjects improved on their model-grid
-pairs but registered the held-out stroke cases worse than their own affine pre-alignment
-(`registration` column of benchmarks/results/training-*.md). The script trains them with
-`--only NAME`, and with `--steps-scale 20` (or more) on a CUDA GPU, where the trainer uses mixed
-precision; `--registration-cases` keeps the weights best at the whole registration."""
+NOT_YET_BUNDLED = """None is bundled. On two CPU cores no network improved on its affine pre-alignment in
+the whole registration of held-out known-warp cases: the 3D MIDIR runs on the real
+multi-contrast subjects (and on IXI T1s with synthetic contrasts) registered the held-out stroke
+cases worse than the pre-alignment alone, and the 2D networks trained on axial slices of the real
+subjects stayed within about 0.1 mm of it or got worse (`registration` column of
+benchmarks/results/training-*.md; benchmarks/benchmark_loss_optimum.py for what a network on
+the model grid could reach). The script trains them with `--only NAME`, and with
+`--steps-scale 20` (or more) on a CUDA GPU, where the trainer uses mixed precision;
+`--registration-cases` keeps the weights best at the whole registration."""
 
 
 def scaled(steps, factor: float):
@@ -188,10 +199,13 @@ def write_models_readme(folder: Path) -> Path:
              "Validation: known random warps (residual affine and smooth non-rigid) of pairs of held-out subjects, on "
              "the model grid: the stroke subject for models trained on real multi-contrast data, five IXI subjects "
              "(real T1 against a synthetic contrast drawn from the labels) for models trained on IXI. `EPE` is the "
-             "mean endpoint error in the brain (mm); `start` is the identity's. Whole-registration figures (with "
-             "the pre-alignment, at full resolution) are in `benchmarks/results/`.", "",
-             "| model | method | dim | grid mm | MB | training data | steps | CPU minutes | EPE start | EPE | folding % | Dice start | Dice |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "mean endpoint error in the brain (mm); `start` is the identity's. `registration`: the whole "
+             "registration (`optimise`'s affine pre-alignment, the network, the map at full resolution) of held-out "
+             "known-warp cases (for 2D models, axial slices of the held-out subject), the EPE of the pre-alignment "
+             "alone and with the network; its figure chose the weights.", "",
+             "| model | method | dim | grid mm | MB | training data | steps | CPU minutes | EPE start | EPE | folding % | "
+             "Dice start | Dice | registration: pre-alignment / network (mm) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for card_path in sorted(folder.glob("*.json")):
         card = read_card(card_path)
         v, t = card.get("validation", {}), card.get("training", {})
@@ -200,7 +214,8 @@ def write_models_readme(folder: Path) -> Path:
         lines.append(f"| {card['name']} | {card['method']} | {card['dimension']} | {card['config']['spacing_mm']:g} | "
                      f"{size:.1f} | {t.get('data', '-')} | {sum(t.get('steps', {}).values())} | {t.get('seconds', 0) / 60:.0f} | "
                      f"{number('epe_before_mm')} | {number('epe_mm')} | {number('folding_percent')} | "
-                     f"{number('dice_before')} | {number('dice')} |")
+                     f"{number('dice_before')} | {number('dice')} | "
+                     f"{number('registration_epe_before_mm')} / {number('registration_epe_mm')} |")
     missing = [name for name in MODELS if not (folder / f"{name}.json").exists()]
     if missing:
         lines += ["", f"Not bundled: {', '.join(missing)}. {NOT_YET_BUNDLED}"]
@@ -225,10 +240,12 @@ def main(argv=None) -> int:
 
     import torch
 
-    from dmmreg.training_jobs import TrainingJob, run_job
+    from dmmreg.training import Cancelled
+    from dmmreg.training_jobs import TrainingJob, cancel_on_signals, run_job
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    cancel = cancel_on_signals()  # Ctrl-C / SIGTERM: stop after the current update, resumable
     runs = Path(args.runs)
     cohort = runs / "ixi.csv"
     validation = write_ixi_cohort(cohort)
@@ -253,20 +270,23 @@ def main(argv=None) -> int:
                           steps=scaled(spec["steps"], args.steps_scale), epoch_steps=spec.get("epoch_steps", 100),
                           learning_rate_decay_steps=spec.get("decay"),
                           max_gradient_norm=spec.get("clip"), align_contrasts=spec.get("align", False),
-                          registration_cases=spec.get("registration_cases", 0), seed=0, device="auto",
+                          registration_cases=spec.get("registration_cases", 0), spatial=spec.get("augmentation"),
+                          seed=0, device="auto",
                           output=str(Path(args.output) / f"{name}.safetensors"))
-        log = open(runs / f"{name}.log", "a")
+        with open(runs / f"{name}.log", "a") as log:
+            def progress(kind, fraction, message, record=None, _log=log):
+                if kind in ("validate", "load") or (record and record.get("step", 0) % 50 == 0):
+                    _log.write(json.dumps({"time": time.strftime("%H:%M:%S"), "kind": kind, "message": message}) + "\n")
+                    _log.flush()
 
-        def progress(kind, fraction, message, record=None, _log=log):
-            if kind in ("validate", "load") or (record and record.get("step", 0) % 50 == 0):
-                _log.write(json.dumps({"time": time.strftime("%H:%M:%S"), "kind": kind, "message": message}) + "\n")
-                _log.flush()
-
-        start = time.perf_counter()
-        card = run_job(job, runs / name, progress, allow_bundled=True)
+            start = time.perf_counter()
+            try:
+                card = run_job(job, runs / name, progress, cancel, allow_bundled=True)
+            except Cancelled as exc:
+                print(f"{name}: {exc}", flush=True)
+                return 130
         describe_data(card, kind, multicontrast_validation if real else validation)
         print(f"{name}: {time.perf_counter() - start:.0f} s -> {card}", flush=True)
-        log.close()
         write_models_readme(Path(args.output))
     return 0
 

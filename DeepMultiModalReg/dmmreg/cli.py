@@ -102,7 +102,8 @@ def _add_training_data(p) -> None:
                    "first one (affine) before drawing pairs, for cohorts whose contrasts are only roughly aligned")
     p.add_argument("--registration-cases", type=int, default=0, metavar="N",
                    help="also validate by the whole registration (pre-alignment, network, full resolution) of N "
-                   "known-warp cases of the held-out subjects, and keep the weights best at that (3D models)")
+                   "known-warp cases of the held-out subjects (axial slices of them for 2D models), and keep the "
+                   "weights best at that")
     p.add_argument("--steps", default=None, help="updates per stage: N, or STAGE=N,STAGE=N")
     p.add_argument("--epoch-steps", type=int, default=100, help="updates between validations and checkpoints")
     p.add_argument("--augmentation", choices=["residual", "prealigned", "strong"], help="spatial augmentation: residual "
@@ -328,19 +329,14 @@ def training_job(args):
 def run_training(args, progress: _Progress) -> dict:
     """``train`` / ``finetune``: run (or resume) the job; SIGINT/SIGTERM cancel after the current
     update, leaving the run folder's checkpoint and no model file."""
-    import signal
-
     from .model_io import user_models_folder
-    from .training_jobs import resume_job, run_job
+    from .training_jobs import cancel_on_signals, resume_job, run_job
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    requested = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: requested.append(True))
-    cancel = lambda: bool(requested)  # noqa: E731
+    cancel = cancel_on_signals()
     if getattr(args, "resume", None):
         card = resume_job(args.resume, progress, cancel)
     else:

@@ -227,6 +227,21 @@ def _squeeze_single_slice(img):
     return img
 
 
+def axial_slice(image: Image, index: int) -> Image:
+    """Slice ``index`` along the third index axis of a 3D ``image`` as a 2D image on the slice's
+    first two index axes: their spacing, the slice's first voxel's (x, y) as origin, and as
+    directions the in-plane block of the 3D directions (exact for axis-aligned volumes; for
+    oblique ones, the orthonormal matrix nearest to it)."""
+    if image.dim != 3:
+        raise InputError(f"an axial slice needs a 3D image, got a {image.dim}D one")
+    g = image.geometry
+    if not 0 <= index < g.size[2]:
+        raise InputError(f"slice {index} is outside the image's {g.size[2]} slices")
+    u, _, vt = np.linalg.svd(g.direction[:2, :2])
+    origin = g.physical_points(np.array([0.0, 0.0, float(index)]))[:2]
+    return Image(image.array[index].copy(), Geometry(g.size[:2], g.spacing[:2], tuple(origin), u @ vt))
+
+
 def write_image(image: Image, path: str | os.PathLike) -> None:
     """Write ``image`` with its geometry (format from the extension), atomically."""
     import SimpleITK as sitk

@@ -8,10 +8,11 @@ MIDIR trained here on 2 CPU cores improved on its model-grid pairs (5.28 to 4.32
 whole registrations of held-out cases were worse than their pre-alignment alone (3.02 against
 2.21 mm; see benchmarks/results/training-*.md).
 
-A :class:`RegistrationCase` is a held-out subject's contrast deformed at full resolution by a
-random known warp (:func:`~dmmreg.known_warp.random_known_warp`, the registration benchmark's
-generator) as the fixed image and another contrast, undeformed, as the moving one; its
-pre-alignment is computed once.  :func:`validate_registration` runs the whole registration of
+A :class:`RegistrationCase` is a held-out subject's contrast (for a 2D model, an axial slice
+of it) deformed at full resolution by a random known warp
+(:func:`~dmmreg.known_warp.random_known_warp`, the registration benchmark's generator) as the
+fixed image and another contrast, undeformed, as the moving one; its pre-alignment is computed
+once.  :func:`validate_registration` runs the whole registration of
 every case from that pre-alignment and returns the endpoint error in the brain (mm) of the
 pre-alignment alone and of the registration, and the folding %.
 """
@@ -25,7 +26,7 @@ from scipy import ndimage
 
 from .cohort import Subject
 from .errors import InputError
-from .image import Image, read_image
+from .image import Image, axial_slice, read_image
 from .known_warp import deform, endpoint_error, random_known_warp
 from .methods.learned import LearnedMethod, register_with_model
 from .result import RegistrationResult
@@ -52,11 +53,11 @@ class RegistrationCase:
 
 def registration_cases(subjects: list[Subject], contrast_pairs, count: int, model: LearnedMethod,
                        seed: int = 20_000, progress=None) -> list[RegistrationCase]:
-    """``count`` known-warp cases from ``subjects`` (3D), cycling through the subjects and their
-    usable ``(fixed, moving)`` contrast pairs (None: each contrast against the first one), warp
-    seeds ``seed``, ``seed + 1``...; each pre-aligned as ``model``'s registrations are."""
-    if model.dim != 3:
-        raise InputError("validation through the whole registration needs a 3D model (the held-out subjects are volumes)")
+    """``count`` known-warp cases from ``subjects`` (volumes; for a 2D model, an axial slice of
+    each through the middle 60 % of the brain, drawn from the case's seed), cycling through the
+    subjects and their usable ``(fixed, moving)`` contrast pairs (None: each contrast against the
+    first one), warp seeds ``seed``, ``seed + 1``...; each pre-aligned as ``model``'s
+    registrations are."""
     from .methods.optimise import prealign
 
     report = progress or (lambda *_: None)
@@ -79,15 +80,30 @@ def registration_cases(subjects: list[Subject], contrast_pairs, count: int, mode
         source = read_image(subject.images[fixed_contrast], f"{fixed_contrast} image of subject {subject.name!r}")
         moving = read_image(subject.images[moving_contrast], f"{moving_contrast} image of subject {subject.name!r}")
         brain = ndimage.binary_fill_holes(source.array > source.array.min())
+        name = f"{subject.name}-{moving_contrast}-to-{fixed_contrast}-{seed + k}"
+        if model.dim == 2:
+            if moving.geometry != source.geometry:
+                raise InputError(f"subject {subject.name!r}: its {fixed_contrast} and {moving_contrast} volumes are on "
+                                 "different grids; a 2D model is validated on one axial slice of both, so resample them "
+                                 "onto one grid")
+            index = _brain_slice(brain, np.random.default_rng(seed + k))
+            source, moving, brain = axial_slice(source, index), axial_slice(moving, index), brain[index]
+            name += f"-slice{index}"
         truth = random_known_warp(source.geometry, seed + k, mask=brain)
         fixed = deform(source, truth)
         scored = deform(source.with_array(brain.astype(np.uint8)), truth, label=True).array > 0
         grid = np.zeros_like(scored)
-        grid[::SCORED_VOXEL_STRIDE, ::SCORED_VOXEL_STRIDE, ::SCORED_VOXEL_STRIDE] = True
+        grid[(slice(None, None, SCORED_VOXEL_STRIDE),) * grid.ndim] = True
         affine = prealign(fixed, moving, affine=not model.predicts_affine)
-        cases.append(RegistrationCase(f"{subject.name}-{moving_contrast}-to-{fixed_contrast}-{seed + k}", fixed, moving,
-                                      truth, scored & grid, affine))
+        cases.append(RegistrationCase(name, fixed, moving, truth, scored & grid, affine))
     return cases
+
+
+def _brain_slice(brain: np.ndarray, rng: np.random.Generator) -> int:
+    """A slice index (first array axis) through the middle 60 % of the brain mask's extent."""
+    occupied = np.flatnonzero(brain.any(axis=(1, 2)))
+    low, high = int(occupied.min()), int(occupied.max())
+    return int(rng.integers(low + int(0.2 * (high - low)), high - int(0.2 * (high - low)) + 1))
 
 
 def validate_registration(model: LearnedMethod, cases: list[RegistrationCase], device="cpu") -> dict[str, float]:

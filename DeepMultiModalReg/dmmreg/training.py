@@ -3,10 +3,11 @@
 :class:`Trainer` runs a model's training stages (``model.stages``, each for a number of updates
 split into epochs of ``epoch_steps``).  After every epoch it validates on fixed known-warp pairs
 (:func:`validate`: endpoint error, folding, Dice where labels exist) and keeps the best weights
-of the stage; the next stage starts from them.  With a ``run_folder`` it writes a checkpoint
-(model, optimisers, position, history) at every epoch and on cancel, so a run can be resumed
-exactly; the batch of update ``k`` is ``batches(seed + k)``, so a resumed run draws the same
-pairs as an uninterrupted one.
+of the stage, the ones it started from (validated before its first update) included; the next
+stage starts from them.  With a ``run_folder`` it writes a checkpoint (model, optimisers,
+position, history) at every epoch and on cancel, so a run can be resumed exactly; the batch of
+update ``k`` is ``batches(seed + k)``, so a resumed run draws the same pairs as an
+uninterrupted one.
 
 Checkpoint files: ``checkpoint-STEP.safetensors`` (weights, optimiser tensors, random state) and
 ``checkpoint.json`` (which weights file, stage, step, history), written in that order through
@@ -189,10 +190,10 @@ class Trainer:
         start = time.perf_counter() - (self.state.history[-1]["seconds"] if self.state.history else 0.0)
         if self.state.done == 0:
             torch.manual_seed(self.seed)  # the methods' own random draws (e.g. NMI voxel samples)
-            if self.validates:
-                self._validate(start, "before training")
         while self.state.stage_index < len(self.stage_names):
             stage = self.stage_names[self.state.stage_index]
+            if self.state.stage_step == 0 and self.validates:  # the weights a stage starts from compete too
+                self._validate(start, "before training" if self.state.done == 0 else f"before stage {stage}")
             if not self.optimisers:
                 self._start_stage()
             while self.state.stage_step < self.steps[stage]:

@@ -45,8 +45,10 @@ class TrainingJob:
       ``validation_pairs``: how many fixed known-warp pairs to validate on; ``align_contrasts``:
       register each training subject's contrasts to its first one before drawing pairs;
       ``registration_cases``: also validate by the whole registration of that many full-resolution
-      known-warp cases of the held-out subjects (3D models; :mod:`dmmreg.registration_validation`),
-      whose endpoint error then chooses the best weights (0: off).
+      known-warp cases of the held-out subjects (with none, of the training subjects: warps drawn
+      at full resolution, not among the training pairs; axial slices for 2D models;
+      :mod:`dmmreg.registration_validation`), whose endpoint error then chooses the best weights
+      (0: off).
     * ``steps``: updates per stage (``{stage: n}``) or one number for every stage;
       ``epoch_steps``: updates between validations and checkpoints.
     * ``spatial``: ``"residual"`` (small affine, for networks run after an affine
@@ -144,6 +146,17 @@ def _read_cohorts(job: TrainingJob) -> tuple[Cohort, list[float]]:
     return Cohort(subjects, ", ".join(job.cohorts), spelling), weights
 
 
+def cancel_on_signals():
+    """A ``cancel()`` for :func:`run_job` that turns true once the process gets SIGINT (Ctrl-C) or
+    SIGTERM, so training stops after the current update with a checkpoint."""
+    import signal
+
+    requested = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: requested.append(True))
+    return lambda: bool(requested)
+
+
 def run_job(job: TrainingJob, run_folder: str | Path | None = None, progress=None, cancel=None,
             allow_bundled: bool = False, overwrite: bool = False) -> Path:
     """Train (or fine-tune) as ``job`` says; returns the new model's card path.
@@ -186,14 +199,11 @@ def run_job(job: TrainingJob, run_folder: str | Path | None = None, progress=Non
         validation_source = "held-out pairs (other random warps) of the training subject(s)"
 
     cases = []
-    if job.registration_cases > 0:
-        if not held_out.subjects:
-            raise InputError("validation through the whole registration needs held-out subjects; "
-                             "name them with --validation-subjects")
+    if job.registration_cases > 0:  # without held-out subjects: full-resolution warps of the training ones
         from .registration_validation import registration_cases, validate_registration
 
-        cases = registration_cases(held_out.subjects, settings.contrast_pairs, job.registration_cases, model,
-                                   progress=report)
+        cases = registration_cases((held_out if held_out.subjects else training).subjects, settings.contrast_pairs,
+                                   job.registration_cases, model, progress=report)
     trainer = Trainer(model, sampler, steps, validation=validation, epoch_steps=job.epoch_steps, seed=job.seed,
                       run_folder=run_folder, device=device, learning_rate=job.learning_rate,
                       decay_steps=job.learning_rate_decay_steps, max_gradient_norm=job.max_gradient_norm,

@@ -8,7 +8,8 @@ import SimpleITK as sitk
 from conftest import oblique_geometry
 
 from dmmreg.errors import InputError
-from dmmreg.image import Geometry, Image, check_image, normalise_intensity, read_image, to_sitk, write_image
+from dmmreg.image import (Geometry, Image, axial_slice, check_image, normalise_intensity, read_image, to_sitk,
+                          write_image)
 
 EXTENSIONS = (".nii.gz", ".nrrd", ".mha")
 
@@ -96,6 +97,21 @@ def test_single_slice_volume_reads_as_2d_with_its_in_plane_geometry(tmp_path):
     image = read_image(tmp_path / "one_slice.nii.gz")
     assert image.geometry == Geometry((20, 16), (0.7, 0.9), (1.0, -2.0), np.eye(2))
     np.testing.assert_array_equal(image.array, sitk.GetArrayFromImage(volume)[0])
+
+
+def test_axial_slice_keeps_the_slice_geometry_and_voxels(stroke):
+    volume = Image(np.arange(4 * 3 * 5, dtype=np.float32).reshape(5, 3, 4),
+                   Geometry((4, 3, 5), (0.7, 0.9, 2.0), (1.0, -2.0, 30.0), np.diag([-1.0, 1.0, 1.0])))
+    cut = axial_slice(volume, 3)
+    assert cut.geometry == Geometry((4, 3), (0.7, 0.9), (1.0, -2.0), np.diag([-1.0, 1.0]))
+    np.testing.assert_array_equal(cut.array, volume.array[3])
+    oblique = axial_slice(stroke["T1"], 70)  # tilted about 18 degrees: in-plane directions made orthonormal
+    np.testing.assert_allclose(oblique.geometry.direction.T @ oblique.geometry.direction, np.eye(2), atol=1e-9)
+    np.testing.assert_allclose(oblique.geometry.origin, stroke["T1"].geometry.physical_points(np.array([0, 0, 70.0]))[:2])
+    with pytest.raises(InputError, match="outside the image's 5 slices"):
+        axial_slice(volume, 5)
+    with pytest.raises(InputError, match="needs a 3D image"):
+        axial_slice(cut, 0)
 
 
 # --------------------------------------------------------------------------------------------

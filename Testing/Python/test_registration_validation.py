@@ -44,9 +44,20 @@ def test_cases_are_prealigned_known_warps_and_an_untrained_network_keeps_the_pre
     assert model.training  # left as it was
 
 
-def test_cases_need_a_3d_model_and_the_asked_contrasts(stroke_subject):
-    with pytest.raises(InputError, match="needs a 3D model"):
-        registration_cases([stroke_subject], None, 1, tiny_model(dim=2))
+def test_2d_cases_are_axial_slices_through_the_brain(stroke_subject):
+    model = tiny_model(dim=2)
+    cases = registration_cases([stroke_subject], [("t2", "t1")], 2, model)
+    assert [c.name.rsplit("-slice", 1)[0] for c in cases] == ["stroke-t1-to-t2-20000", "stroke-t1-to-t2-20001"]
+    slices = [int(c.name.rsplit("-slice", 1)[1]) for c in cases]
+    assert all(0.2 * 140 < k < 0.8 * 140 for k in slices) and slices[0] != slices[1]
+    assert cases[0].fixed.dim == 2 and cases[0].fixed.geometry == cases[0].moving.geometry
+    assert cases[0].scored.sum() > 500
+    metrics = validate_registration(model, cases)
+    assert 0.5 < metrics["registration_epe_before_mm"] < 4.0
+    assert metrics["registration_epe_mm"] == pytest.approx(metrics["registration_epe_before_mm"], abs=0.05)
+
+
+def test_cases_need_the_asked_contrasts(stroke_subject):
     with pytest.raises(InputError, match="no held-out subject has the contrast pairs"):
         registration_cases([stroke_subject], [("pd", "t1")], 1, tiny_model())
 
@@ -66,6 +77,26 @@ def test_trainer_keeps_the_weights_best_at_the_whole_registration(cohort_folder)
     assert best["done"] == 4 and best["registration_epe_mm"] == 1.0 and "epe_mm" in best
 
 
+def test_a_stage_keeps_the_weights_it_started_from_when_no_epoch_beats_them(cohort_folder):
+    from dmmreg.cohort import read_cohort
+    from dmmreg.methods.hierarchical import HierarchicalConfig, HierarchicalRegistration
+    from dmmreg.training_data import PairSampler, PairSettings, load_cohort
+
+    torch.manual_seed(0)
+    model = HierarchicalRegistration(HierarchicalConfig(dim=2, spacing_mm=8.0, encoder=(4, 8, 8, 8), decoder=(8, 8, 8)))
+    volumes = load_cohort(read_cohort(cohort_folder), 8.0, 8.0)
+    sampler = PairSampler(volumes, PairSettings(dim=2, contrast_pairs=(("t2", "t1"),)))
+    # before training, coarse epoch; before translation, its epoch; before fine, its epoch
+    figures = iter([5.0, 4.0, 3.0, 6.0, 2.0, 3.0])
+    trainer = Trainer(model, sampler, {"coarse": 2, "translation": 2, "fine": 2}, epoch_steps=2,
+                      registration_validation=lambda m: {"registration_epe_mm": next(figures)})
+    history = trainer.run()
+    starts = [(r["stage"], r["done"]) for r in history if r["kind"] == "validation" and r["step"] == 0]
+    assert starts == [("coarse", 0), ("translation", 2), ("fine", 4)]
+    best = trainer.best_validation()
+    assert best["done"] == 4 and best["registration_epe_mm"] == 2.0
+
+
 def test_job_records_the_registration_validation_in_the_card(cohort_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("DMMREG_MODELS", str(tmp_path / "models"))
     job = TrainingJob(method="midir", cohorts=[str(cohort_folder)], name="checked", config=TINY_3D,
@@ -77,3 +108,14 @@ def test_job_records_the_registration_validation_in_the_card(cohort_folder, tmp_
         assert key in card["validation"] and key in card["validation_at_start"]
     assert card["validation_at_start"]["registration_epe_mm"] == pytest.approx(
         card["validation_at_start"]["registration_epe_before_mm"], abs=0.05)
+
+
+def test_without_held_out_subjects_the_cases_are_new_warps_of_the_training_subjects(cohort_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("DMMREG_MODELS", str(tmp_path / "models"))
+    job = TrainingJob(method="midir", cohorts=[str(cohort_folder)], name="tuned", config={**TINY_3D, "dim": 2},
+                      contrast_pairs=[["t2", "t1"]], validation_subjects=[], validation_pairs=1,
+                      registration_cases=2, steps=2, epoch_steps=2, device="cpu")
+    card = json.loads(run_job(job).read_text())
+    names = [name.rsplit("-slice", 1)[0] for name in card["validation"]["registration_cases"]]
+    assert names == ["a-t1-to-t2-20000", "b-t1-to-t2-20001"]
+    assert card["validation"]["source"].startswith("held-out pairs")

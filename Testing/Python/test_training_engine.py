@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ from dmmreg.methods.disentangled import Disentangled, DisentangledConfig
 from dmmreg.methods.midir import Midir, MidirConfig
 from dmmreg.training import Cancelled, Trainer, validate
 from dmmreg.training_data import PairSampler, PairSettings, load_cohort
-from dmmreg.training_jobs import TrainingJob, resume_job, run_job
+from dmmreg.training_jobs import TrainingJob, cancel_on_signals, resume_job, run_job
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -195,3 +196,16 @@ def test_train_finetune_and_models_commands(cohort_folder, tmp_path):
     assert missing.returncode == 2 and "model 'no-such-model' not found" in missing.stderr
     no_method = dmmreg("train", "--cohort", cohort_folder, "--name", "z", env=env)
     assert no_method.returncode == 2 and "--method" in no_method.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_requests_a_cancel(sig):
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        cancel = cancel_on_signals()
+        assert not cancel()
+        os.kill(os.getpid(), sig)
+        assert cancel()
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
