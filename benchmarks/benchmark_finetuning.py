@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
 import os
-import platform
 import shutil
 import tempfile
 from pathlib import Path
 
-from benchmark_registration import DEFAULT_DATA, SUBJECTS, build_case, evaluate, model_runner
+from benchmark_registration import DEFAULT_DATA, SUBJECTS, build_case, evaluate, model_runner, results_file
 from benchmark_whole_registration import benchmark_subject, score_models
 
 from dmmreg.model_io import find_model, read_card
@@ -95,9 +93,7 @@ def main() -> None:
             for suffix in (".safetensors", ".json"):
                 shutil.copy(tuned_path.with_suffix(suffix), args.keep / f"{args.model}-finetuned{suffix}")
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"finetuning-{stamp}-{platform.node().split('.')[0]}-{os.cpu_count()}cpu.md"
+    stamp, path = results_file(args.out, "finetuning")
     mean = lambda label, key: sum(r[key] for r in rows if r["model"] == label) / max(1, sum(r["model"] == label for r in rows))  # noqa: E731
     start, end = tuned["validation_at_start"], tuned["validation"]
     tested = (f"held-out subject {args.test_subject}" if tested_apart else

@@ -20,16 +20,14 @@ points ``delta`` model voxels apart, scored at full resolution.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from benchmark_registration import DEFAULT_DATA, SUBJECTS
+from benchmark_registration import DEFAULT_DATA, SUBJECTS, results_file
 
 from dmmreg import augment
 from dmmreg.cohort import Subject
@@ -138,9 +136,7 @@ def main() -> None:
             ceiling.append(f"| {dim} | {grid['spacing_mm']:g} | {delta * grid['spacing_mm']:g} | {before:.2f} | {after:.2f} |")
             print(ceiling[-1], flush=True)
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"loss-optimum-{stamp}-{platform.node().split('.')[0]}-{os.cpu_count()}cpu.md"
+    stamp, path = results_file(args.out, "loss-optimum")
     path.write_text("\n".join([
         f"# Optimum of MIDIR's loss against the truth, {stamp}", "",
         f"`benchmarks/benchmark_loss_optimum.py`: {args.pairs} known-warp pairs (seeds 10000...) of the stroke "

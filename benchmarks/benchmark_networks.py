@@ -14,15 +14,13 @@ each in its own process measured as ``benchmark_registration.run_measured`` does
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from benchmark_registration import run_measured
+from benchmark_registration import results_file, run_measured
 
 from dmmreg.image import read_image, write_image
 from dmmreg.known_warp import deform, random_known_warp
@@ -59,9 +57,7 @@ def main() -> None:
             rows.append((name, sum(p.numel() for p in model.parameters()), weights.stat().st_size / 2**20,
                          seconds, peak, outcome))
             print(f"{name}: {rows[-1]}", flush=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"networks-{stamp}-{platform.node().split('.')[0]}-{os.cpu_count()}cpu.md"
+    stamp, path = results_file(args.out, "networks")
     lines = [f"# Default 3D networks, inference cost, {stamp}, {os.cpu_count()} CPUs", "",
              "Stroke T1 to its known-warp-deformed T2 (124x160x140, 1 mm), model grid 2 mm, untrained weights; "
              "seconds and peak memory of the whole `dmmreg register` process (pre-alignment included).", "",

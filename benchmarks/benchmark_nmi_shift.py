@@ -15,15 +15,13 @@ the contrasts themselves (the ``optimise`` pre-alignment, 1 mm) is listed beside
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmark_registration import DEFAULT_DATA, SUBJECTS
+from benchmark_registration import DEFAULT_DATA, SUBJECTS, results_file
 
 from dmmreg import losses
 from dmmreg.cohort import Subject
@@ -74,9 +72,7 @@ def main() -> None:
                          f"{', '.join(f'{g:.4f}' for g in gains)} | {', '.join(f'{o:+.2f}' for o in offset)} |")
             print(lines[-1], flush=True)
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"nmi-shift-{stamp}-{platform.node().split('.')[0]}-{os.cpu_count()}cpu.md"
+    stamp, path = results_file(args.out, "nmi-shift")
     path.write_text("\n".join([f"# NMI of aligned T2 / T1 pairs against a shift of the T1, {stamp}", "",
                                f"Shifts {SHIFTS_MM[0]:g} to {SHIFTS_MM[-1]:g} mm in steps of 0.5 along each axis (LPS), "
                                "64 bins, every voxel of the model grid (`load_subject`), linear interpolation. The "

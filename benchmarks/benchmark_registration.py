@@ -301,6 +301,14 @@ def method_means(rows: list[dict]) -> list[dict]:
     return out
 
 
+def results_file(out_dir: Path, kind: str) -> tuple[str, Path]:
+    """``(stamp, out_dir / "KIND-<date>-<host>-<n>cpu.md")``: where a benchmark writes its figures
+    (the folder is made)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return stamp, out_dir / f"{kind}-{stamp}-{platform.node().split('.')[0]}-{os.cpu_count()}cpu.md"
+
+
 def write_results(rows: list[dict], out_dir: Path, settings: dict) -> tuple[Path, Path]:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
     base = out_dir / f"registration-{stamp}-{platform.node()}-{os.cpu_count()}cpu"

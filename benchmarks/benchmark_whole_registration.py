@@ -15,14 +15,12 @@ pre-alignment alone and of the registration, and the folding %.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 from pathlib import Path
 
 import torch
 
-from benchmark_registration import DEFAULT_DATA, SUBJECTS
+from benchmark_registration import DEFAULT_DATA, SUBJECTS, results_file
 
 from dmmreg.cohort import Subject
 from dmmreg.model_io import find_model, load_model
@@ -64,9 +62,7 @@ def main() -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     rows = score_models(args.models, benchmark_subject(args.data, args.subject), args.cases, args.seed)
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"whole-registration-{stamp}-{platform.node().split('.')[0]}-{os.cpu_count()}cpu.md"
+    stamp, path = results_file(args.out, "whole-registration")
     lines = [f"# Whole registration of {args.cases} known-warp cases of {args.subject}, {stamp}", "",
              "`benchmarks/benchmark_whole_registration.py`: pre-alignment (`optimise`, affine), the network, the map at "
              f"full resolution; warps seeded from {args.seed}; contrast pairs {', '.join(f'{f}<-{m}' for f, m in PAIRS)} "

@@ -30,6 +30,7 @@ from .image import Image, axial_slice, read_image
 from .known_warp import deform, endpoint_error, random_known_warp
 from .methods.learned import LearnedMethod, register_with_model
 from .result import RegistrationResult
+from .training_data import middle_slices
 
 SCORED_VOXEL_STRIDE = 2  # endpoint errors on every 2nd voxel per axis of the brain (1/8 of them)
 
@@ -102,8 +103,8 @@ def registration_cases(subjects: list[Subject], contrast_pairs, count: int, mode
 def _brain_slice(brain: np.ndarray, rng: np.random.Generator) -> int:
     """A slice index (first array axis) through the middle 60 % of the brain mask's extent."""
     occupied = np.flatnonzero(brain.any(axis=(1, 2)))
-    low, high = int(occupied.min()), int(occupied.max())
-    return int(rng.integers(low + int(0.2 * (high - low)), high - int(0.2 * (high - low)) + 1))
+    start, stop = middle_slices(int(occupied.min()), int(occupied.max()))
+    return int(rng.integers(start, stop + 1))
 
 
 def validate_registration(model: LearnedMethod, cases: list[RegistrationCase], device="cpu") -> dict[str, float]:

@@ -154,6 +154,14 @@ def load_cohort(cohort: Cohort, spacing_mm: float, margin_mm: float, progress=No
     return volumes
 
 
+def middle_slices(low: int, high: int) -> tuple[int, int]:
+    """``(start, stop)``: a brain's slice extent ``low .. high`` less its first and last 20 %, the
+    axial slices 2D models are trained (:class:`PairSampler`) and validated
+    (:mod:`dmmreg.registration_validation`) on."""
+    cut = int(0.2 * (high - low))
+    return low + cut, high - cut
+
+
 def _slice_geometry(geometry: Geometry) -> Geometry:
     """The 2D geometry of one axial slice of an axis-aligned (identity-direction) 3D grid."""
     return Geometry(geometry.size[:2], geometry.spacing[:2], geometry.origin[:2], np.eye(2))
@@ -297,8 +305,7 @@ class PairSampler:
         rows = torch.nonzero(mask[0, 0].flatten(1).sum(dim=1) > 0)[:, 0]
         if rows.numel() == 0:
             return mask.shape[2] // 2
-        low, high = int(rows.min()), int(rows.max())
-        start, stop = low + int(0.2 * (high - low)), high - int(0.2 * (high - low))
+        start, stop = middle_slices(int(rows.min()), int(rows.max()))
         return start + int(torch.randint(max(stop - start, 1), (1,), generator=generator))
 
     def validation_pairs(self, count: int, seed: int = 10_000) -> list[TrainingBatch]:
