@@ -34,7 +34,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from benchmark_registration import DEFAULT_DATA, SUBJECTS, build_case, evaluate, model_runner, results_file
+from benchmark_registration import DEFAULT_DATA, SUBJECTS, build_case, evaluate, model_runner, results_file, write_lines
 from benchmark_whole_registration import benchmark_subject, score_models
 
 from dmmreg.model_io import find_model, read_card
@@ -125,8 +125,7 @@ def main() -> None:
     if not flat:
         lines += ["", "Per case:", "", "```", *(json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
                                                           for k, v in r.items()}) for r in rows), "```"]
-    path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {path}")
+    write_lines(path, lines)
 
 
 def test_on_volumes(args, tuned_path: Path, work: Path) -> list[dict]:

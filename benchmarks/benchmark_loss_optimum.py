@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark_registration import DEFAULT_DATA, SUBJECTS, results_file
+from benchmark_registration import DEFAULT_DATA, SUBJECTS, results_file, write_lines
 
 from dmmreg import augment
 from dmmreg.cohort import Subject
@@ -137,7 +137,7 @@ def main() -> None:
             print(ceiling[-1], flush=True)
 
     stamp, path = results_file(args.out, "loss-optimum")
-    path.write_text("\n".join([
+    write_lines(path, [
         f"# Optimum of MIDIR's loss against the truth, {stamp}", "",
         f"`benchmarks/benchmark_loss_optimum.py`: {args.pairs} known-warp pairs (seeds 10000...) of the stroke "
         f"subject, {moving_contrast} moving, deformed {fixed_contrast} fixed, on the model grid (`load_subject`, "
@@ -149,8 +149,7 @@ def main() -> None:
         f"Known-warp cases of the stroke subject ({args.pair} both ways; for 2D, axial slices), pre-aligned as a "
         "network's are; then `optimise` (its affine stage from the pre-alignment, then 60 deformable iterations on "
         "the model grid's spacing only, NMI, 32 bins) with control points as far apart as a network's with that delta; "
-        "EPE at full resolution in the brain.", "", *ceiling]) + "\n")
-    print(f"wrote {path}")
+        "EPE at full resolution in the brain.", "", *ceiling])
 
 
 if __name__ == "__main__":

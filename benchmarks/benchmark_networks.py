@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from benchmark_registration import results_file, run_measured
+from benchmark_registration import results_file, run_measured, write_lines
 
 from dmmreg.image import read_image, write_image
 from dmmreg.known_warp import deform, random_known_warp
@@ -63,8 +63,7 @@ def main() -> None:
              "seconds and peak memory of the whole `dmmreg register` process (pre-alignment included).", "",
              "| method | parameters | weights MB | seconds | peak MB | run |", "|---|---|---|---|---|---|"]
     lines += [f"| {n} | {p:,} | {mb:.1f} | {s:.1f} | {m:.0f} | {c} |" for n, p, mb, s, m, c in rows]
-    path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {path}")
+    write_lines(path, lines)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark_registration import DEFAULT_DATA, SUBJECTS, results_file
+from benchmark_registration import DEFAULT_DATA, SUBJECTS, results_file, write_lines
 
 from dmmreg import losses
 from dmmreg.cohort import Subject
@@ -73,12 +73,11 @@ def main() -> None:
             print(lines[-1], flush=True)
 
     stamp, path = results_file(args.out, "nmi-shift")
-    path.write_text("\n".join([f"# NMI of aligned T2 / T1 pairs against a shift of the T1, {stamp}", "",
-                               f"Shifts {SHIFTS_MM[0]:g} to {SHIFTS_MM[-1]:g} mm in steps of 0.5 along each axis (LPS), "
-                               "64 bins, every voxel of the model grid (`load_subject`), linear interpolation. The "
-                               "last column: where `optimise`'s pre-alignment (at 1 mm) maps the T2 centre in the T1, "
-                               "relative to it (the contrasts' own residual misalignment).", "", *lines]) + "\n")
-    print(f"wrote {path}")
+    write_lines(path, [f"# NMI of aligned T2 / T1 pairs against a shift of the T1, {stamp}", "",
+                      f"Shifts {SHIFTS_MM[0]:g} to {SHIFTS_MM[-1]:g} mm in steps of 0.5 along each axis (LPS), "
+                      "64 bins, every voxel of the model grid (`load_subject`), linear interpolation. The "
+                      "last column: where `optimise`'s pre-alignment (at 1 mm) maps the T2 centre in the T1, "
+                      "relative to it (the contrasts' own residual misalignment).", "", *lines])
 
 
 if __name__ == "__main__":

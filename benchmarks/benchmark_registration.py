@@ -303,10 +303,22 @@ def method_means(rows: list[dict]) -> list[dict]:
 
 def results_file(out_dir: Path, kind: str) -> tuple[str, Path]:
     """``(stamp, out_dir / "KIND-<date>-<host>-<n>cpu.md")``: where a benchmark writes its figures
-    (the folder is made)."""
+    (the folder is made; ``-2``, ``-3``... is added when two runs end in the same minute, so none
+    overwrites another's)."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
     out_dir.mkdir(parents=True, exist_ok=True)
-    return stamp, out_dir / f"{kind}-{stamp}-{platform.node().split('.')[0]}-{os.cpu_count()}cpu.md"
+    base = f"{kind}-{stamp}-{platform.node().split('.')[0]}-{os.cpu_count()}cpu"
+    path, copy = out_dir / f"{base}.md", 1
+    while path.exists():
+        copy += 1
+        path = out_dir / f"{base}-{copy}.md"
+    return stamp, path
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    """A benchmark's markdown figures: ``lines`` written to ``path`` (from :func:`results_file`)."""
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
 
 
 def write_results(rows: list[dict], out_dir: Path, settings: dict) -> tuple[Path, Path]:

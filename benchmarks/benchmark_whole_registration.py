@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark_registration import DEFAULT_DATA, SUBJECTS, results_file
+from benchmark_registration import DEFAULT_DATA, SUBJECTS, results_file, write_lines
 
 from dmmreg.cohort import Subject
 from dmmreg.model_io import find_model, load_model
@@ -70,8 +70,7 @@ def main() -> None:
              "", "| model | dim | pre-alignment alone EPE | EPE | folding % |", "|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['dim']} | {r['registration_epe_before_mm']:.3f} | {r['registration_epe_mm']:.3f} | "
               f"{r['registration_folding_percent']:.3f} |" for r in rows]
-    path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {path}")
+    write_lines(path, lines)
 
 
 if __name__ == "__main__":

@@ -73,13 +73,20 @@ def registration_cases(subjects: list[Subject], contrast_pairs, count: int, mode
     if not plans:
         raise InputError("no held-out subject has the contrast pairs asked for; validation through the whole "
                          "registration needs held-out subjects with those contrasts")
+    read = {}  # (subject, contrast) -> Image, each file read once
+
+    def image(subject: Subject, contrast: str) -> Image:
+        key = (subject.name, contrast)
+        if key not in read:
+            read[key] = read_image(subject.images[contrast], f"{contrast} image of subject {subject.name!r}")
+        return read[key]
+
     cases = []
     for k in range(count):
         subject, fixed_contrast, moving_contrast = plans[k % len(plans)]
         report("validate", k / count, f"preparing registration case {k + 1}/{count} ({subject.name}, "
                                       f"{moving_contrast} to deformed {fixed_contrast})")
-        source = read_image(subject.images[fixed_contrast], f"{fixed_contrast} image of subject {subject.name!r}")
-        moving = read_image(subject.images[moving_contrast], f"{moving_contrast} image of subject {subject.name!r}")
+        source, moving = image(subject, fixed_contrast), image(subject, moving_contrast)
         brain = ndimage.binary_fill_holes(source.array > source.array.min())
         name = f"{subject.name}-{moving_contrast}-to-{fixed_contrast}-{seed + k}"
         if model.dim == 2:

@@ -16,6 +16,7 @@ import torch
 from conftest import assert_gradients_reach, mean_loss, stroke_slice_2d
 
 from dmmreg import spatial
+from dmmreg.errors import InputError
 from dmmreg.methods.disentangled import Disentangled, DisentangledConfig
 from dmmreg.methods.learned import TrainingBatch, image_tensor, onto_model_grid, warp_on_grid
 from dmmreg.training import endpoint_error, train
@@ -84,6 +85,17 @@ def test_defaults_are_the_papers_and_the_config_round_trips():
     assert Disentangled.stages == ("disentangle", "register") and not Disentangled.predicts_affine
     for c in (config, DisentangledConfig(dim=2, **SMALL_2D)):
         assert DisentangledConfig.from_dict(asdict(c)) == c
+
+
+def test_a_model_grid_too_small_for_the_discriminators_is_a_clear_error():
+    """The paper's discriminators (4 layers at 3 scales) on a 48x64x48 grid (a 4 mm brain): the
+    error names the smallest grid and the fix instead of a convolution's kernel-size failure."""
+    torch.manual_seed(0)
+    model = Disentangled(DisentangledConfig(dim=3, **{**TINY_3D, "discriminator_layers": 4, "discriminator_scales": 3}))
+    image = torch.rand(1, 1, 48, 64, 48)
+    with pytest.raises(InputError, match=r"48x64x48 voxels.*at least 61 voxels.*finer spacing_mm"):
+        model.discriminator_loss(image, image)
+    assert len(model.discriminators["x"](torch.rand(1, 1, 61, 64, 61))) == 3  # the smallest that fits
 
 
 @pytest.mark.parametrize("dim", [2, 3])

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from .layers import ConvBlock, ResidualBlock, conv, conv_transpose, instance_norm, make_activation, small_init, upsample_to
 
 
@@ -132,12 +133,33 @@ class MultiScaleDiscriminator(nn.Module):
             self.scales.append(nn.Sequential(*blocks))
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        layers = len(self.scales[0]) - 1
+        if not _fits(min(image.shape[2:]), layers, len(self.scales)):
+            smallest = next(n for n in range(1, 2 ** 16) if _fits(n, layers, len(self.scales)))
+            raise InputError(
+                f"the model grid ({'x'.join(map(str, image.shape[2:][::-1]))} voxels) is too small for discriminators of "
+                f"{layers} layers at {len(self.scales)} scales, which need at least {smallest} voxels along every axis; "
+                "use a finer spacing_mm or fewer discriminator_layers / discriminator_scales")
         logits = []
         for index, scale in enumerate(self.scales):
             if index:
                 image = self.pool(image)
             logits.append(scale(image))
         return logits
+
+
+def _fits(size: int, layers: int, scales: int) -> bool:
+    """Whether an axis of ``size`` voxels passes every scale's ``layers`` 4-wide, stride-2,
+    padding-1 convolutions (each needs at least 2 voxels) after the 3-wide stride-2 poolings."""
+    for scale in range(scales):
+        if scale:
+            size = (size - 1) // 2 + 1
+        reduced = size
+        for _ in range(layers):
+            if reduced < 2:
+                return False
+            reduced //= 2
+    return True
 
 
 def _down(dim: int, in_channels: int, out_channels: int, norm: str | None, activation: str = "relu") -> nn.Module:
