@@ -34,8 +34,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from benchmark_registration import DEFAULT_DATA, SUBJECTS, build_case, evaluate, model_runner, results_file, write_lines
-from benchmark_whole_registration import benchmark_subject, score_models
+from benchmark_registration import (DEFAULT_DATA, SUBJECTS, benchmark_subject, build_case, evaluate, model_runner, results_file,
+                                    write_lines)
+from benchmark_whole_registration import score_models
 
 from dmmreg.model_io import find_model, read_card
 from dmmreg.training_jobs import TrainingJob, run_job
@@ -45,8 +46,7 @@ def write_cohort(data: Path, subjects, path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(["subject", "t1", "t2", "flair"])
         for subject in subjects:
-            files = SUBJECTS[subject]
-            writer.writerow([subject, *(data / subject / files[c] for c in ("T1", "T2", "FLAIR"))])
+            writer.writerow([subject, *benchmark_subject(data, subject).images.values()])
 
 
 def main() -> None:

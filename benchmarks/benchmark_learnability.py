@@ -19,16 +19,14 @@ way (the zero map's is the start).  Writes ``learnability-<date>-<host>-<n>cpu.m
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmark_registration import DEFAULT_DATA, SUBJECTS, results_file, write_lines
+from benchmark_registration import DEFAULT_DATA, benchmark_subject, results_file, write_lines
 
 from dmmreg import augment
-from dmmreg.cohort import Subject
 from dmmreg.methods.midir import Midir, MidirConfig
 from dmmreg.training import validate
 from dmmreg.training_data import PairSampler, PairSettings, load_subject
@@ -41,10 +39,6 @@ def known_warp_error(model: Midir, batch) -> torch.Tensor:
     prediction = model.predict(batch.fixed, batch.moving, batch.geometry)
     inside = batch.fixed_mask[:, 0] > 0
     return (prediction.displacement - batch.true_displacement).norm(dim=1)[inside].mean()
-
-
-def subject(data: Path, name: str, contrasts) -> Subject:
-    return Subject(name, {c: data / name / SUBJECTS[name][c.upper()] for c in contrasts})
 
 
 def main() -> None:
@@ -67,10 +61,10 @@ def main() -> None:
     pairs = tuple(tuple(p.split(":")) for p in args.pairs)
     contrasts = sorted({c for p in pairs for c in p})
     settings = PairSettings(dim=args.dim, contrast_pairs=pairs, spatial=augment.PREALIGNED)
-    training = [load_subject(subject(args.data, name, contrasts), args.spacing_mm, 16.0, align_contrasts=True)
+    training = [load_subject(benchmark_subject(args.data, name, contrasts), args.spacing_mm, 16.0, align_contrasts=True)
                 for name in TRAINING_SUBJECTS]
     sampler = PairSampler(training, settings)
-    held_out = PairSampler([load_subject(subject(args.data, "stroke", contrasts), args.spacing_mm, 16.0)], settings)
+    held_out = PairSampler([load_subject(benchmark_subject(args.data, "stroke", contrasts), args.spacing_mm, 16.0)], settings)
     validation = held_out.validation_pairs(args.validation_pairs)
     torch.manual_seed(0)
     model = Midir(MidirConfig(dim=args.dim, spacing_mm=args.spacing_mm, control_spacing_voxels=args.control_spacing,

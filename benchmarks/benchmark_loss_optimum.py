@@ -27,10 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark_registration import DEFAULT_DATA, SUBJECTS, results_file, write_lines
+from benchmark_registration import DEFAULT_DATA, benchmark_subject, results_file, write_lines
 
 from dmmreg import augment
-from dmmreg.cohort import Subject
 from dmmreg.known_warp import endpoint_error
 from dmmreg.methods.learned import warp_on_grid
 from dmmreg.methods.midir import Midir, MidirConfig
@@ -99,8 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     fixed_contrast, moving_contrast = args.pair.split(":")
-    files = {c.lower(): args.data / "stroke" / f for c, f in SUBJECTS["stroke"].items()}
-    subject = Subject("stroke", {c: files[c] for c in (fixed_contrast, moving_contrast)})
+    subject = benchmark_subject(args.data, "stroke", (fixed_contrast, moving_contrast))
 
     lines = ["| dim | grid mm | delta (voxels) | control spacing mm | lambda | EPE start | EPE best (iteration) | "
              "EPE last | NMI reached | NMI of the truth |", "|---|---|---|---|---|---|---|---|---|---|"]

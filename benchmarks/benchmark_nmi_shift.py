@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark_registration import DEFAULT_DATA, SUBJECTS, results_file, write_lines
+from benchmark_registration import DEFAULT_DATA, SUBJECTS, benchmark_subject, results_file, write_lines
 
 from dmmreg import losses
-from dmmreg.cohort import Subject
 from dmmreg.image import read_image
 from dmmreg.methods.learned import warp_on_grid
 from dmmreg.methods.optimise import prealign
@@ -55,13 +54,13 @@ def main() -> None:
     lines = ["| subject | grid mm | NMI peak shift x, y, z (mm) | NMI gain at the peak over 0 (x, y, z) | "
              "pre-alignment T2 to T1 at the centre x, y, z (mm) |", "|---|---|---|---|---|"]
     for name in args.subjects:
-        files = {c.lower(): args.data / name / f for c, f in SUBJECTS[name].items()}
-        t2, t1 = read_image(files["t2"]), read_image(files["t1"])
+        subject = benchmark_subject(args.data, name, ("t2", "t1"))
+        t2, t1 = read_image(subject.images["t2"]), read_image(subject.images["t1"])
         affine = prealign(t2, t1)
         centre = t2.geometry.centre
         offset = affine[:3, :3] @ centre + affine[:3, 3] - centre
         for spacing in args.spacings:
-            volumes = load_subject(Subject(name, {"t2": files["t2"], "t1": files["t1"]}), spacing, 8.0)
+            volumes = load_subject(subject, spacing, 8.0)
             peaks, gains = [], []
             for axis in range(3):
                 curve = nmi_by_shift(volumes.images["t2"], volumes.images["t1"], volumes.geometry, axis)

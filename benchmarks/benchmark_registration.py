@@ -47,6 +47,7 @@ import numpy as np
 from scipy import ndimage
 
 from dmmreg import metrics
+from dmmreg.cohort import Subject
 from dmmreg.image import Image, read_image, write_image
 from dmmreg.known_warp import deform, endpoint_error, random_known_warp
 from dmmreg.result import RegistrationResult
@@ -64,6 +65,11 @@ SUBJECTS = {
     "aurora-met": {"T1": "t1.nii.gz", "T2": "t2.nii.gz", "FLAIR": "flair.nii.gz"},
     "tcga-du-7294": {"T1": "t1.nii.gz", "T2": "t2.nii.gz", "FLAIR": "fla.nii.gz"},
 }
+
+
+def benchmark_subject(data: Path, name: str, contrasts=("t1", "t2", "flair")) -> Subject:
+    """Subject ``name`` of ``data`` (a folder laid out as ``SUBJECTS``) with ``contrasts`` (lower case)."""
+    return Subject(name, {c: data / name / SUBJECTS[name][c.upper()] for c in contrasts})
 ANTS_TRANSFORMS = {"ants-affine": "Affine", "ants-syn": "SyN", "ants-syn-s": "antsRegistrationSyN[s]"}
 METHODS = ("identity", "optimise", "ants-affine", "ants-syn")  # ants-syn-s: --include-syn-s
 TISSUE_CLASSES = 3

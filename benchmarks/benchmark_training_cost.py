@@ -40,12 +40,10 @@ def update_seconds(history: list[dict]) -> dict[str, float]:
     the start), leaving out each stage's first update."""
     per_stage: dict[str, list[float]] = {}
     previous = None
-    for record in history:
-        if record["kind"] != "train":
-            continue
+    for record in (r for r in history if r["kind"] == "train"):
+        times = per_stage.setdefault(record["stage"], [])
         if previous is not None and previous["stage"] == record["stage"]:
-            per_stage.setdefault(record["stage"], []).append(record["seconds"] - previous["seconds"])
-        per_stage.setdefault(record["stage"], [])
+            times.append(record["seconds"] - previous["seconds"])
         previous = record
     return {stage: float(np.mean(times)) if times else float("nan") for stage, times in per_stage.items()}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark_registration import DEFAULT_DATA, SUBJECTS, results_file, write_lines
+from benchmark_registration import DEFAULT_DATA, SUBJECTS, benchmark_subject, results_file, write_lines
 
 from dmmreg.cohort import Subject
 from dmmreg.model_io import find_model, load_model
@@ -43,11 +43,6 @@ def score_models(models, subject: Subject, count: int, seed: int, pairs=PAIRS) -
         rows.append({"model": str(name), "dim": model.dim, **validate_registration(model, cases)})
         print(rows[-1], flush=True)
     return rows
-
-
-def benchmark_subject(data: Path, name: str) -> Subject:
-    files = SUBJECTS[name]
-    return Subject(name, {c.lower(): data / name / files[c] for c in ("T1", "T2", "FLAIR")})
 
 
 def main() -> None:

@@ -124,9 +124,9 @@ benchmarks/results/training-*.md; benchmarks/benchmark_loss_optimum.py for what 
 the model grid could reach). What they lack is training: MIDIR's 2D network learns slowly from
 these pairs in every form measured (same-contrast pairs: from about 2000 updates with the known
 warp as its loss, about 6000 with its own NMI loss; cross-contrast pairs: nothing in 8000 with
-the known warp, 3.29 -> 3.05 mm with NMI; benchmarks/benchmark_learnability.py), and one update of a 3D network on the 2 mm grid takes
-4.6-9 s on two CPU cores (benchmarks/benchmark_training_cost.py), so the 10^5 updates such
-training takes are GPU work. The script trains them with `--only NAME`, and with
+the known warp, 3.29 -> 3.05 mm with NMI; benchmarks/benchmark_learnability.py), and one
+update of a 3D network on the 2 mm grid takes 4.6-9 s on two CPU cores
+(benchmarks/benchmark_training_cost.py), so the 10^5 updates such training takes are GPU work. The script trains them with `--only NAME`, and with
 `--steps-scale 20` (or more) on a CUDA GPU, where the trainer uses mixed precision;
 `--registration-cases` keeps the weights best at the whole registration."""
 

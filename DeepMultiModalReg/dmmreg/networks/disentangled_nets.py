@@ -122,6 +122,7 @@ class MultiScaleDiscriminator(nn.Module):
     def __init__(self, dim: int, channels: int, layers: int, scales: int):
         super().__init__()
         self.pool = (nn.AvgPool3d if dim == 3 else nn.AvgPool2d)(3, stride=2, padding=1, count_include_pad=False)
+        self.layers = layers
         self.scales = nn.ModuleList()
         for _ in range(scales):
             blocks, width = [], channels
@@ -133,12 +134,12 @@ class MultiScaleDiscriminator(nn.Module):
             self.scales.append(nn.Sequential(*blocks))
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
-        layers = len(self.scales[0]) - 1
-        if not _fits(min(image.shape[2:]), layers, len(self.scales)):
-            smallest = next(n for n in range(1, 2 ** 16) if _fits(n, layers, len(self.scales)))
+        layers, scales = self.layers, len(self.scales)
+        if not _fits(min(image.shape[2:]), layers, scales):
+            smallest = next(n for n in range(1, 2 ** 16) if _fits(n, layers, scales))
             raise InputError(
                 f"the model grid ({'x'.join(map(str, image.shape[2:][::-1]))} voxels) is too small for discriminators of "
-                f"{layers} layers at {len(self.scales)} scales, which need at least {smallest} voxels along every axis; "
+                f"{layers} layers at {scales} scales, which need at least {smallest} voxels along every axis; "
                 "use a finer spacing_mm or fewer discriminator_layers / discriminator_scales")
         logits = []
         for index, scale in enumerate(self.scales):
