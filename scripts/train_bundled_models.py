@@ -1,22 +1,27 @@
-"""Train the models bundled in ``models/`` from ``../shared/data`` (see models/README.md).
+"""The training campaign of the models bundled in ``models/``, from ``../shared/data`` (see models/README.md).
 
-Every model is trained by the shared trainer (:func:`dmmreg.training_jobs.run_job`, the same
-path as ``dmmreg train``) on one of two data sets (``data`` in :data:`MODELS`):
+Each model follows a curriculum (:data:`CURRICULA`): phases run in order, each a training job of
+the shared trainer (:func:`dmmreg.training_jobs.run_job`, the path of ``dmmreg train``) started
+from the previous phase's model.  The first phases are supervised by the pairs' known warps
+(``loss="known-warp"``: same-contrast pairs, then cross-contrast and synthetic-contrast pairs),
+the last one trains on the method's own loss; what departs from a paper is in the method's
+docstring and every phase is recorded in the card.
 
-* ``multicontrast``: the real T1, T1c, T2 and FLAIR of aurora-met and tcga-du-7294 (2D models:
-  their axial slices), pairs within a subject across contrasts, the fixed one deformed by a
-  random known warp (the FIRE protocol); the stroke subject is held out for validation
-  (best-weights selection, by the whole registration of its known-warp cases, axial slices of
-  it for 2D models).  The registration benchmark's cases are stroke pairs too, under other
-  warps (drawn at 1 mm).
-* ``ixi``: the 185 labelled IXI T1s, a real T1 against a synthetic contrast drawn from its
-  DLMUSE labels, or two synthetic contrasts; five IXI subjects held out.
+The campaign is resumable: phase run folders (checkpoints every epoch, a few MB) and phase
+models live in ``campaign/`` and are committed, so the next working period continues where the
+last one stopped.  It runs with one CPU thread in the background:
 
-    .venv/bin/python scripts/train_bundled_models.py [--only NAME ...] [--threads N] [--steps-scale F]
+    .venv/bin/python scripts/train_bundled_models.py [--only NAME ...] [--hours H] &
+    .venv/bin/python scripts/train_bundled_models.py --status
+    .venv/bin/python scripts/train_bundled_models.py --bundle      # best phase model -> models/ when it beats the pre-alignment
     .venv/bin/python scripts/train_bundled_models.py --report benchmarks/results/training-DATE.md
 
-Steps and sizes fit two CPU cores (a few minutes to about twenty per model); each card records
-data, steps, seconds and the validation numbers.  Run folders (resumable) go to ``--runs``.
+Data: ``multicontrast`` = the real T1, T1c, T2 and FLAIR of aurora-met, tcga-du-7294, oms-p07
+and oms-p19 (pairs within a subject, the fixed one deformed by a random known warp: the FIRE
+protocol); the stroke subject is held out for validation (best-weights selection by the whole
+registration of its known-warp cases); brats2013 and msseg-1 are never trained on (the
+fine-tuning benchmark's pairs T1c -> FLAIR and T2 -> PD).  ``ixi`` = the 185 labelled IXI T1s,
+real or with synthetic contrasts drawn from their DLMUSE labels, all trained on.
 """
 
 from __future__ import annotations
@@ -24,8 +29,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,58 +43,63 @@ sys.path.insert(0, str(ROOT / "DeepMultiModalReg"))
 DATA = ROOT.parent / "shared" / "data"
 IXI = DATA / "brain-t1-labels" / "ixi"
 MULTICONTRAST = DATA / "brain-multicontrast"
-VALIDATION_SUBJECTS = 5
-IXI_PAIRS = [["synthetic", "t1"], ["t1", "synthetic"], ["synthetic", "synthetic"]]
+CAMPAIGN = Path("campaign")  # relative to ROOT (the script works there), so run folders move with the repository
 # real multi-contrast subjects: contrast -> file name in each subject's folder (names differ by source)
 MULTICONTRAST_FILES = {
     "aurora-met": {"t1": "t1", "t1c": "t1c", "t2": "t2", "flair": "flair"},
     "tcga-du-7294": {"t1": "t1", "t1c": "t1c", "t2": "t2", "flair": "fla"},
+    "oms-p07": {"t1": "t1", "t1c": "t1post", "t2": "t2", "flair": "flair"},
+    "oms-p19": {"t1": "t1", "t1c": "t1post", "t2": "t2", "flair": "flair"},
     "stroke": {"t1": "T1", "t2": "T2", "flair": "FLAIR"},
 }
 MULTICONTRAST_VALIDATION = ["stroke"]
-MULTICONTRAST_PAIRS = [["t2", "t1"], ["flair", "t1"], ["t1", "t2"], ["t1", "flair"], ["t2", "flair"], ["flair", "t2"]]
+SAME_CONTRAST = [["t1", "t1"], ["t2", "t2"], ["flair", "flair"], ["t1c", "t1c"]]
+CROSS_CONTRAST = [["t2", "t1"], ["flair", "t1"], ["t1", "t2"], ["t1", "flair"], ["t2", "flair"], ["flair", "t2"],
+                  ["t1c", "t2"], ["flair", "t1c"]]
+SYNTHETIC = [["synthetic", "t1"], ["t1", "synthetic"], ["synthetic", "synthetic"]]
 
-# name -> job settings; learning rates above the papers' (1e-4 and below) so that a few thousand
-# CPU updates train; network sizes below the papers' defaults for the same reason (both recorded
-# in each card's config)
-FIRE_RATES = dict(learning_rate_affine=1e-3, learning_rate_nonrigid=5e-4, learning_rate_synthesis=3e-3)
-SMALL_RDM = dict(residual_blocks=1, style_downsamplings=2, mlp_channels=16, discriminator_channels=8,
-                 discriminator_layers=3, discriminator_scales=2, registration_learning_rate=1e-3)
-MODELS = {
-    "midir-brain-3d": dict(method="midir", data="multicontrast", config=dict(dim=3, spacing_mm=4.0, learning_rate=5e-4),
-                           steps=2400, epoch_steps=200, decay=1800, clip=1.0, align=True, registration_cases=4),
-    "hierarchical-brain-3d": dict(method="hierarchical", steps={"coarse": 600, "translation": 200, "fine": 600},
-                                  config=dict(dim=3, spacing_mm=4.0, encoder=(8, 16, 16, 16), decoder=(16, 16, 16),
-                                              learning_rate=1e-3)),
-    "variational-brain-3d": dict(method="variational", steps=1200,
-                                 config=dict(dim=3, spacing_mm=4.0, lunet_encoder=(8, 16, 16, 16),
-                                             lunet_decoder=(16, 16, 16), learning_rate=1e-3)),
-    "fire-brain-2d": dict(method="fire", data="multicontrast", steps=3000, epoch_steps=500, clip=1.0, align=True,
-                          registration_cases=8, config=dict(dim=2, spacing_mm=2.0, synthesis_channels=(8, 16, 32),
-                                                            resnet_blocks=2, nonrigid_channels=16, **FIRE_RATES)),
-    "disentangled-brain-2d": dict(method="disentangled", data="multicontrast", steps={"disentangle": 1500, "register": 1500},
-                                  epoch_steps=500, clip=1.0, align=True, augmentation="prealigned", registration_cases=8,
-                                  config=dict(dim=2, spacing_mm=2.0, rdm_channels=8, **SMALL_RDM)),
-    "variational-brain-2d": dict(method="variational", data="multicontrast", steps=6000, epoch_steps=1000, clip=1.0,
-                                 align=True, augmentation="prealigned", registration_cases=8,
-                                 config=dict(dim=2, spacing_mm=2.0, learning_rate=1e-3)),
-    "hierarchical-brain-2d": dict(method="hierarchical", data="multicontrast",
-                                  steps={"coarse": 3000, "translation": 1000, "fine": 3000}, epoch_steps=1000, clip=1.0,
-                                  align=True, augmentation="prealigned", registration_cases=8,
-                                  config=dict(dim=2, spacing_mm=2.0, learning_rate=1e-3)),
-    "midir-brain-2d": dict(method="midir", data="multicontrast", steps=10000, epoch_steps=1000, decay=7500, clip=1.0,
-                           align=True, augmentation="prealigned", registration_cases=8,
-                           config=dict(dim=2, spacing_mm=2.0, bins=32, learning_rate=1e-3)),
-    "fire-brain-3d": dict(method="fire", steps=150, config=dict(dim=3, spacing_mm=4.0, synthesis_channels=(4, 8, 16),
-                                                                resnet_blocks=1, nonrigid_channels=8, **FIRE_RATES)),
-    "disentangled-brain-3d": dict(method="disentangled", steps={"disentangle": 120, "register": 120},
-                                  config=dict(dim=3, spacing_mm=4.0, rdm_channels=4, registration_encoder=(16, 32, 32, 32),
-                                              registration_decoder=(32, 32, 32), **SMALL_RDM)),
+
+@dataclass
+class Phase:
+    """One step of a curriculum: a training job from the previous phase's model.  ``data``: the
+    cohorts (``multicontrast``, ``ixi``); ``pairs``: allowed ``[fixed, moving]`` contrasts (each
+    subject uses those it has); ``loss``: ``known-warp`` or ``paper``; ``steps``: updates."""
+
+    name: str
+    loss: str
+    data: tuple[str, ...]
+    pairs: list[list[str]]
+    steps: int
+    epoch_steps: int = 250
+    learning_rate: float = 1e-3
+    decay: int | None = None
+
+
+@dataclass
+class Curriculum:
+    method: str
+    config: dict
+    phases: list[Phase]
+    registration_cases: int = 4
+    spatial: str = "prealigned"
+    clip: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+
+CURRICULA = {
+    "midir-brain-3d": Curriculum(
+        method="midir", config=dict(dim=3, spacing_mm=4.0),
+        phases=[
+            Phase("same-contrast", "known-warp", ("multicontrast", "ixi"), SAME_CONTRAST + [["t1", "t1"]], steps=1500),
+            Phase("cross-contrast", "known-warp", ("multicontrast", "ixi"), CROSS_CONTRAST + SYNTHETIC, steps=4000),
+            Phase("own-loss", "paper", ("multicontrast", "ixi"), CROSS_CONTRAST + SYNTHETIC, steps=3000,
+                  learning_rate=1e-4),
+        ]),
 }
 
 
-def write_multicontrast_cohort(path: Path) -> list[str]:
-    """A cohort CSV of the real multi-contrast subjects; returns the held-out validation subject."""
+def write_multicontrast_cohort(path: Path) -> None:
+    """A cohort CSV of the real multi-contrast subjects."""
     contrasts = ["t1", "t1c", "t2", "flair"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
@@ -94,11 +108,10 @@ def write_multicontrast_cohort(path: Path) -> list[str]:
         for subject, files in MULTICONTRAST_FILES.items():
             cells = [str(MULTICONTRAST / subject / f"{files[c]}.nii.gz") if c in files else "" for c in contrasts]
             writer.writerow([subject, *cells])
-    return list(MULTICONTRAST_VALIDATION)
 
 
-def write_ixi_cohort(path: Path) -> list[str]:
-    """A cohort CSV of every IXI T1 with its labels; returns the held-out validation subjects."""
+def write_ixi_cohort(path: Path) -> None:
+    """A cohort CSV of every IXI T1 with its labels."""
     rows = []
     for image in sorted(IXI.glob("*_T1.nii.gz")):
         labels = image.with_name(image.name.replace("_T1.nii.gz", "_T1_DLMUSE.nii.gz"))
@@ -111,31 +124,11 @@ def write_ixi_cohort(path: Path) -> list[str]:
         writer = csv.writer(handle)
         writer.writerow(["subject", "t1", "labels"])
         writer.writerows(rows)
-    step = len(rows) // VALIDATION_SUBJECTS
-    return [rows[k * step][0] for k in range(VALIDATION_SUBJECTS)]
 
 
-NOT_YET_BUNDLED = """None is bundled. On two CPU cores no network improved on its affine pre-alignment in
-the whole registration of held-out known-warp cases: the 3D MIDIR runs on the real
-multi-contrast subjects (and on IXI T1s with synthetic contrasts) registered the held-out stroke
-cases worse than the pre-alignment alone, and the 2D networks trained on axial slices of the real
-subjects stayed within about 0.1 mm of it or got worse (`registration` column of
-benchmarks/results/training-*.md; benchmarks/benchmark_loss_optimum.py for what a network on
-the model grid could reach). What they lack is training: MIDIR's 2D network learns slowly from
-these pairs in every form measured (same-contrast pairs: from about 2000 updates with the known
-warp as its loss, about 6000 with its own NMI loss; cross-contrast pairs: nothing in 8000 with
-the known warp, 3.29 -> 3.05 mm with NMI; benchmarks/benchmark_learnability.py), and one
-update of a 3D network on the 2 mm grid takes 4.6-9 s on two CPU cores
-(benchmarks/benchmark_training_cost.py), so the 10^5 updates such training takes are GPU work. The script trains them with `--only NAME`, and with
-`--steps-scale 20` (or more) on a CUDA GPU, where the trainer uses mixed precision;
-`--registration-cases` keeps the weights best at the whole registration."""
-
-
-def scaled(steps, factor: float):
-    """``steps`` (a number or ``{stage: n}``) times ``factor``."""
-    if isinstance(steps, dict):
-        return {stage: max(1, round(n * factor)) for stage, n in steps.items()}
-    return max(1, round(steps * factor))
+NOT_YET_BUNDLED = """These are still in training (`python scripts/train_bundled_models.py --status`), or none
+of their phases yet beats the affine pre-alignment in the whole registration of the held-out
+known-warp cases, the condition for bundling (`--bundle`)."""
 
 
 def write_training_report(runs: Path, path: Path) -> Path:
@@ -154,7 +147,7 @@ def write_training_report(runs: Path, path: Path) -> Path:
              "model registers with).", "",
              "| run | cohort | updates done | planned | seconds | EPE start (mm) | EPE best (mm) | at update | Dice start | Dice best | folding % at best | registration: pre-alignment, untrained, kept (mm) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for folder in sorted(p for p in runs.iterdir() if (p / "checkpoint.json").exists()):
+    for folder in sorted(p.parent for p in runs.rglob("checkpoint.json")):
         state = json.loads((folder / "checkpoint.json").read_text())
         job = json.loads((folder / "job.json").read_text())
         validations = [r for r in state["history"] if r["kind"] == "validation"]
@@ -168,7 +161,7 @@ def write_training_report(runs: Path, path: Path) -> Path:
         cohorts = ", ".join(Path(c).stem for c in job["cohorts"])
         registration = "-" if "registration_epe_mm" not in best else (
             f"{start['registration_epe_before_mm']:.3f}, {start['registration_epe_mm']:.3f}, {best['registration_epe_mm']:.3f}")
-        lines.append(f"| {folder.name} | {cohorts} | {state['done']} | {planned} | {state['history'][-1]['seconds']:.0f} | "
+        lines.append(f"| {folder.relative_to(runs)} | {cohorts} | {state['done']} | {planned} | {state['history'][-1]['seconds']:.0f} | "
                      f"{cell(start, 'epe_mm')} | {cell(best, 'epe_mm')} | {best['done']} | {cell(start, 'dice')} | "
                      f"{cell(best, 'dice')} | {cell(best, 'folding_percent')} | {registration} |")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,19 +171,22 @@ def write_training_report(runs: Path, path: Path) -> Path:
 
 DATA_DESCRIPTIONS = {
     "ixi": "IXI T1 (CC BY-SA 3.0) with DLMUSE labels: real T1 and synthetic contrasts drawn from the labels",
-    "multicontrast": "real T1, T1c, T2 and FLAIR of aurora-met (BraTS-MET sample, BraTS data terms) and tcga-du-7294 "
-                     "(TCGA via TCIA, CC BY 3.0), pairs within a subject across contrasts with random known warps",
+    "multicontrast": "real T1, T1c, T2 and FLAIR of aurora-met (BraTS-MET sample, BraTS data terms), tcga-du-7294 "
+                     "(TCGA via TCIA, CC BY 3.0), oms-p07 and oms-p19 (open_ms_data, CC BY), pairs within a subject "
+                     "across contrasts with random known warps",
 }
 
 
-def describe_data(card: Path, kind: str, validation: list[str]) -> None:
-    """Record the training data (``kind``: ixi or multicontrast) in the card as the data, not as
-    this machine's paths."""
+def describe_training(card: Path, curriculum: Curriculum, phases: list[dict]) -> None:
+    """Record the data (as the data, not this machine's paths) and the curriculum's phases in the card."""
     contents = json.loads(card.read_text())
-    folder = "brain-t1-labels/ixi" if kind == "ixi" else "brain-multicontrast"
-    contents["training"]["cohorts"] = [f"../shared/data/{folder} ({len(contents['training']['subjects'])} "
-                                       f"training subjects; held out for validation: {', '.join(validation)})"]
-    contents["training"]["data"] = DATA_DESCRIPTIONS[kind]
+    kinds = sorted({kind for phase in curriculum.phases for kind in phase.data})
+    contents["training"]["cohorts"] = [f"../shared/data/{'brain-t1-labels/ixi' if k == 'ixi' else 'brain-multicontrast'}"
+                                       for k in kinds] + [f"held out for validation: {', '.join(MULTICONTRAST_VALIDATION)}"]
+    contents["training"]["data"] = "; ".join(DATA_DESCRIPTIONS[k] for k in kinds)
+    contents["training"]["curriculum"] = phases
+    contents["training"]["seconds"] = round(sum(p["seconds"] for p in phases), 1)
+    contents["training"]["steps"] = {p["phase"]: p["updates"] for p in phases}
     card.write_text(json.dumps(contents, indent=2) + "\n")
 
 
@@ -220,7 +216,7 @@ def write_models_readme(folder: Path) -> Path:
                      f"{number('epe_before_mm')} | {number('epe_mm')} | {number('folding_percent')} | "
                      f"{number('dice_before')} | {number('dice')} | "
                      f"{number('registration_epe_before_mm')} / {number('registration_epe_mm')} |")
-    missing = [name for name in MODELS if not (folder / f"{name}.json").exists()]
+    missing = [name for name in CURRICULA if not (folder / f"{name}.json").exists()]
     if missing:
         lines += ["", f"Not bundled: {', '.join(missing)}. {NOT_YET_BUNDLED}"]
     path = folder / "README.md"
@@ -228,70 +224,178 @@ def write_models_readme(folder: Path) -> Path:
     return path
 
 
+def phase_folder(name: str, phase: Phase) -> Path:
+    return CAMPAIGN / name / phase.name
+
+
+def phase_job(name: str, curriculum: Curriculum, index: int, cohorts: dict[str, Path]):
+    """The training job of phase ``index`` of ``name``'s curriculum (from the previous phase's model)."""
+    from dmmreg.training_jobs import TrainingJob
+
+    phase = curriculum.phases[index]
+    base = None if index == 0 else str(phase_folder(name, curriculum.phases[index - 1]).with_suffix(".json"))
+    return TrainingJob(method=curriculum.method, cohorts=[str(cohorts[kind]) for kind in phase.data],
+                       name=f"{name}-{phase.name}", config=dict(curriculum.config) if index == 0 else {},
+                       base_model=base, contrast_pairs=phase.pairs, validation_subjects=list(MULTICONTRAST_VALIDATION),
+                       validation_pairs=8, steps=phase.steps, epoch_steps=phase.epoch_steps,
+                       learning_rate=phase.learning_rate, learning_rate_decay_steps=phase.decay,
+                       max_gradient_norm=curriculum.clip, align_contrasts=True,
+                       registration_cases=curriculum.registration_cases, spatial=curriculum.spatial, loss=phase.loss,
+                       seed=index, device="auto", output=str(phase_folder(name, phase).with_suffix(".safetensors")))
+
+
+def phase_state(name: str, phase: Phase) -> dict:
+    """Where a phase stands: finished (its model exists), updates done, validation at start and best."""
+    from dmmreg.training import score
+
+    folder = phase_folder(name, phase)
+    state = {"phase": phase.name, "loss": phase.loss, "pairs": phase.pairs, "planned": phase.steps, "updates": 0,
+             "seconds": 0.0, "finished": folder.with_suffix(".json").exists()}
+    if (folder / "checkpoint.json").exists():
+        checkpoint = json.loads((folder / "checkpoint.json").read_text())
+        validations = [r for r in checkpoint["history"] if r["kind"] == "validation"]
+        state["updates"] = checkpoint["done"]
+        state["seconds"] = checkpoint["history"][-1]["seconds"] if checkpoint["history"] else 0.0
+        if validations:
+            keep = lambda record: {k: v for k, v in record.items() if k.endswith(("_mm", "_percent"))}  # noqa: E731
+            state["start"] = keep(validations[0])
+            best = min(validations, key=score)
+            state["best"], state["best_at"] = keep(best), best["done"]
+    return state
+
+
+def print_status() -> None:
+    for name, curriculum in CURRICULA.items():
+        print(f"{name} ({curriculum.method}, {curriculum.config})")
+        for phase in curriculum.phases:
+            state = phase_state(name, phase)
+            best = state.get("best", {})
+            text = (f"registration {best['registration_epe_mm']:.3f} mm (pre-alignment "
+                    f"{best['registration_epe_before_mm']:.3f}), model-grid pairs {best.get('epe_mm', float('nan')):.3f} mm "
+                    f"at update {state['best_at']}" if "registration_epe_mm" in best else "not validated yet")
+            done = "finished" if state["finished"] else f"{state['updates']}/{phase.steps} updates"
+            print(f"  {phase.name:15s} {phase.loss:10s} {done:22s} {state['seconds'] / 60:6.1f} min  best: {text}")
+
+
+def export_phase(name: str, curriculum: Curriculum, index: int, cohorts: dict[str, Path], target: Path) -> Path | None:
+    """The best weights so far of an unfinished phase as a model (card included) at ``target``,
+    by finishing a copy of its run folder at the updates done; None before its first epoch."""
+    from dmmreg.training_jobs import run_job
+
+    folder = phase_folder(name, curriculum.phases[index])
+    if not (folder / "checkpoint.json").exists():
+        return None
+    checkpoint = json.loads((folder / "checkpoint.json").read_text())
+    if checkpoint["stage_step"] == 0:
+        return None
+    job = phase_job(name, curriculum, index, cohorts)
+    job.steps, job.output = checkpoint["stage_step"], str(target)
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "run"
+        shutil.copytree(folder, copy)
+        (copy / "job.json").unlink()
+        return run_job(job, copy, allow_bundled=True)
+
+
+def bundle(cohorts: dict[str, Path], output: Path) -> None:
+    """For every curriculum: the phase model (finished, or the best so far of the running phase)
+    with the lowest whole-registration error, copied to ``output`` when it beats the pre-alignment."""
+    from dmmreg.training import score
+
+    for name, curriculum in CURRICULA.items():
+        candidates = []
+        for index, phase in enumerate(curriculum.phases):
+            finished = phase_folder(name, phase).with_suffix(".json")
+            card = finished if finished.exists() else export_phase(
+                name, curriculum, index, cohorts, CAMPAIGN / name / f"{phase.name}-partial.safetensors")
+            if card is None:
+                break
+            validation = json.loads(Path(card).read_text())["validation"]
+            if "registration_epe_mm" in validation:
+                candidates.append((score(validation), index, Path(card)))
+            if not finished.exists():
+                break
+        if not candidates:
+            print(f"{name}: nothing validated yet")
+            continue
+        _, index, card = min(candidates)
+        validation = json.loads(card.read_text())["validation"]
+        if validation["registration_epe_mm"] >= validation["registration_epe_before_mm"]:
+            print(f"{name}: its best phase ({curriculum.phases[index].name}) does not beat the pre-alignment "
+                  f"({validation['registration_epe_mm']:.3f} vs {validation['registration_epe_before_mm']:.3f} mm); not bundled")
+            continue
+        target = output / f"{name}.safetensors"
+        shutil.copyfile(card.with_suffix(".safetensors"), target)
+        contents = json.loads(card.read_text())
+        contents["name"] = name
+        target.with_suffix(".json").write_text(json.dumps(contents, indent=2) + "\n")
+        describe_training(target.with_suffix(".json"), curriculum,
+                          [phase_state(name, p) for p in curriculum.phases[: index + 1]])
+        print(f"{name}: bundled phase {curriculum.phases[index].name}: registration "
+              f"{validation['registration_epe_mm']:.3f} mm (pre-alignment {validation['registration_epe_before_mm']:.3f})")
+    print(write_models_readme(output))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", choices=list(MODELS), help="train only these models")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--runs", default=str(ROOT / "benchmarks" / "runs"), help="run folders (checkpoints, logs)")
+    parser.add_argument("--only", nargs="*", choices=list(CURRICULA), help="train only these models")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: training beside other work)")
+    parser.add_argument("--hours", type=float, default=None, help="stop (resumably) after this long")
     parser.add_argument("--output", default=str(ROOT / "models"))
-    parser.add_argument("--finalise", action="store_true",
-                        help="only rewrite the cards' data descriptions and models/README.md")
-    parser.add_argument("--steps-scale", type=float, default=1.0,
-                        help="multiply every model's updates (e.g. 20 on a GPU; the defaults fit two CPU cores)")
+    parser.add_argument("--status", action="store_true", help="only print where each model stands")
+    parser.add_argument("--bundle", action="store_true",
+                        help="only copy each model's best phase into --output when it beats the pre-alignment")
     parser.add_argument("--report", type=Path, metavar="FILE",
-                        help="only write FILE (markdown): each run folder's validation at the start and at its best")
+                        help="only write FILE (markdown): each phase's validation at the start and at its best")
     args = parser.parse_args(argv)
+    os.chdir(ROOT)
+    if args.status:
+        print_status()
+        return 0
+    if args.report:
+        print(write_training_report(CAMPAIGN, args.report))
+        return 0
 
     import torch
 
     from dmmreg.training import Cancelled
-    from dmmreg.training_jobs import TrainingJob, cancel_on_signals, run_job
+    from dmmreg.training_jobs import cancel_on_signals, resume_job, run_job
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cancel = cancel_on_signals()  # Ctrl-C / SIGTERM: stop after the current update, resumable
-    runs = Path(args.runs)
-    cohort = runs / "ixi.csv"
-    validation = write_ixi_cohort(cohort)
-    multicontrast = runs / "multicontrast.csv"
-    multicontrast_validation = write_multicontrast_cohort(multicontrast)
-    if args.report:
-        print(write_training_report(runs, args.report))
+    torch.set_num_threads(args.threads)
+    signalled = cancel_on_signals()  # Ctrl-C / SIGTERM: stop after the current update, resumable
+    deadline = None if args.hours is None else time.time() + 3600 * args.hours
+    cancel = lambda: signalled() or (deadline is not None and time.time() > deadline)  # noqa: E731
+    cohorts = {"ixi": CAMPAIGN / "ixi.csv", "multicontrast": CAMPAIGN / "multicontrast.csv"}
+    write_ixi_cohort(cohorts["ixi"])
+    write_multicontrast_cohort(cohorts["multicontrast"])
+    if args.bundle:
+        bundle(cohorts, Path(args.output))
         return 0
-    if args.finalise:
-        for card in Path(args.output).glob("*.json"):
-            kind = MODELS[card.stem].get("data", "ixi")
-            describe_data(card, kind, multicontrast_validation if kind == "multicontrast" else validation)
-        print(write_models_readme(Path(args.output)))
-        return 0
-    for name in args.only or list(MODELS):
-        spec = MODELS[name]
-        kind = spec.get("data", "ixi")
-        real = kind == "multicontrast"
-        job = TrainingJob(method=spec["method"], cohorts=[str(multicontrast if real else cohort)], name=name,
-                          config=spec["config"], contrast_pairs=MULTICONTRAST_PAIRS if real else IXI_PAIRS,
-                          validation_subjects=multicontrast_validation if real else validation, validation_pairs=8,
-                          steps=scaled(spec["steps"], args.steps_scale), epoch_steps=spec.get("epoch_steps", 100),
-                          learning_rate_decay_steps=spec.get("decay"),
-                          max_gradient_norm=spec.get("clip"), align_contrasts=spec.get("align", False),
-                          registration_cases=spec.get("registration_cases", 0), spatial=spec.get("augmentation"),
-                          seed=0, device="auto",
-                          output=str(Path(args.output) / f"{name}.safetensors"))
-        with open(runs / f"{name}.log", "a") as log:
-            def progress(kind, fraction, message, record=None, _log=log):
-                if kind in ("validate", "load") or (record and record.get("step", 0) % 50 == 0):
-                    _log.write(json.dumps({"time": time.strftime("%H:%M:%S"), "kind": kind, "message": message}) + "\n")
-                    _log.flush()
+    for name in args.only or list(CURRICULA):
+        curriculum = CURRICULA[name]
+        for index, phase in enumerate(curriculum.phases):
+            folder = phase_folder(name, phase)
+            if folder.with_suffix(".json").exists():
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(CAMPAIGN / name / "training.log", "a") as log:
+                def progress(kind, fraction, message, record=None, _log=log, _phase=phase.name):
+                    if kind in ("validate", "load") or (record and record.get("step", 0) % 50 == 0):
+                        _log.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "phase": _phase,
+                                               "kind": kind, "message": message}) + "\n")
+                        _log.flush()
 
-            start = time.perf_counter()
-            try:
-                card = run_job(job, runs / name, progress, cancel, allow_bundled=True)
-            except Cancelled as exc:
-                print(f"{name}: {exc}", flush=True)
-                return 130
-        describe_data(card, kind, multicontrast_validation if real else validation)
-        print(f"{name}: {time.perf_counter() - start:.0f} s -> {card}", flush=True)
-        write_models_readme(Path(args.output))
+                start = time.perf_counter()
+                try:
+                    if (folder / "job.json").exists():
+                        card = resume_job(folder, progress, cancel, allow_bundled=True)
+                    else:
+                        card = run_job(phase_job(name, curriculum, index, cohorts), folder, progress, cancel,
+                                       allow_bundled=True)
+                except Cancelled as exc:
+                    print(f"{name} {phase.name}: {exc}", flush=True)
+                    return 130
+            print(f"{name} {phase.name}: {time.perf_counter() - start:.0f} s -> {card}", flush=True)
     return 0
 
 

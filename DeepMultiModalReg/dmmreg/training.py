@@ -83,6 +83,22 @@ def _mean_dice(fixed: torch.Tensor, warped: torch.Tensor) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+LOSSES = ("paper", "known-warp")
+
+
+def known_warp_terms(model: LearnedMethod, batch: TrainingBatch) -> dict[str, torch.Tensor]:
+    """The curriculum's supervised loss (no paper's): the mean endpoint error (mm) in the fixed
+    mask between the model's whole map (affine and displacement) and the pair's known warp.
+    It trains the registration path only (``predict``), whatever the stage."""
+    prediction = model.predict(batch.fixed, batch.moving, batch.geometry)
+    points = spatial.grid_points(batch.geometry, device=batch.fixed.device)
+    estimate = spatial.transform_points(batch.geometry, prediction.affine, prediction.displacement)
+    truth = points + spatial.to_channels_last(batch.true_displacement)
+    inside = batch.fixed_mask[:, 0] > 0
+    error = ((estimate - truth).square().sum(dim=-1) + 1e-6).sqrt()[inside].mean()
+    return {"known_warp_epe_mm": error, "total": error}
+
+
 def score(metrics: dict[str, float]) -> float:
     """Lower is better: the endpoint error of the whole registration where validated so, else
     the endpoint error of the pairs where known, else 1 - Dice."""
@@ -124,14 +140,19 @@ class Trainer:
     schedule of 003_2f2aa96e65959a3c.txt sec. 4.4, 1/10 every 50 epochs; None: constant);
     ``max_gradient_norm``: each optimiser's gradients are clipped to this global norm before its
     step (a guard against the loss spikes that can throw a network off; None: no clipping);
-    ``device``: on CUDA the forward passes run in bfloat16 autocast (mixed precision)."""
+    ``device``: on CUDA the forward passes run in bfloat16 autocast (mixed precision);
+    ``loss``: ``"paper"`` (the method's own loss, :meth:`LearnedMethod.training_step`) or
+    ``"known-warp"`` (:func:`known_warp_terms`, for pairs with a known warp: the supervised
+    start of a curriculum)."""
 
     def __init__(self, model: LearnedMethod, batches: BatchSource, steps: dict[str, int], *,
                  validation: list[TrainingBatch] = (), epoch_steps: int = 100, seed: int = 0,
                  run_folder: str | os.PathLike | None = None, device="cpu", learning_rate: float | None = None,
                  decay_steps: int | None = None, max_gradient_norm: float | None = None,
                  registration_validation: Callable[[LearnedMethod], dict[str, float]] | None = None,
-                 cancel: Callable[[], bool] | None = None, progress=None):
+                 cancel: Callable[[], bool] | None = None, progress=None, loss: str = "paper"):
+        if loss not in LOSSES:
+            raise InputError(f"training loss {loss!r}: choose {', '.join(LOSSES)}")
         unknown = [s for s in steps if s not in model.stages]
         if unknown:
             raise InputError(f"the {model.name} model has stages {', '.join(model.stages)}, not {', '.join(unknown)}")
@@ -147,6 +168,7 @@ class Trainer:
         self.max_gradient_norm = max_gradient_norm
         self.cancel = cancel or (lambda: False)
         self.progress = progress or (lambda *args, **kwargs: None)
+        self.loss = loss
         self.state = TrainingState()
         self.optimisers: list[torch.optim.Optimizer] = []
         self._best: dict[str, torch.Tensor] | None = None
@@ -199,7 +221,7 @@ class Trainer:
             while self.state.stage_step < self.steps[stage]:
                 batch = self.batches(self.seed + self.state.done).to(self.device)
                 with self._autocast():
-                    terms = self.model.training_step(batch, self.optimisers, stage)
+                    terms = self._update(batch, stage)
                 self.state.stage_step += 1
                 self.state.done += 1
                 if self.decay_steps and self.state.stage_step % self.decay_steps == 0:
@@ -222,6 +244,19 @@ class Trainer:
                                     f"resume from {self.run_folder}" if self.run_folder else "cancelled")
             self._end_stage()
         return self.state.history
+
+    def _update(self, batch: TrainingBatch, stage: str) -> dict[str, float]:
+        if self.loss == "paper":
+            return self.model.training_step(batch, self.optimisers, stage)
+        if batch.true_displacement is None:
+            raise InputError("the known-warp loss needs pairs with a known warp (not pairs across subjects)")
+        for optimiser in self.optimisers:
+            optimiser.zero_grad(set_to_none=True)
+        terms = known_warp_terms(self.model, batch)
+        terms["total"].backward()
+        for optimiser in self.optimisers:
+            optimiser.step()
+        return {k: float(v.detach()) for k, v in terms.items()}
 
     @property
     def validates(self) -> bool:

@@ -58,6 +58,8 @@ class TrainingJob:
     * ``learning_rate``: the largest optimiser rate (None: the method's);
       ``learning_rate_decay_steps``: drop the rates to a tenth every that many updates of a stage;
       ``max_gradient_norm``: clip each optimiser's gradients to this norm (None: no clipping).
+    * ``loss``: ``"paper"`` (the method's own) or ``"known-warp"`` (supervised by the pairs'
+      known warps, :func:`dmmreg.training.known_warp_terms`; a curriculum's first phases).
     """
 
     method: str
@@ -84,6 +86,7 @@ class TrainingJob:
     device: str = "auto"
     output: str | None = None
     balance_cohorts: bool = True
+    loss: str = "paper"
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainingJob":
@@ -208,8 +211,7 @@ def run_job(job: TrainingJob, run_folder: str | Path | None = None, progress=Non
                       run_folder=run_folder, device=device, learning_rate=job.learning_rate,
                       decay_steps=job.learning_rate_decay_steps, max_gradient_norm=job.max_gradient_norm,
                       registration_validation=(lambda m: validate_registration(m, cases, device)) if cases else None,
-                      cancel=cancel,
-                      progress=report)
+                      cancel=cancel, progress=report, loss=job.loss)
     if run_folder is not None:
         Path(run_folder).mkdir(parents=True, exist_ok=True)
         (Path(run_folder) / JOB_FILE).write_text(json.dumps(asdict(job), indent=2))
@@ -238,6 +240,7 @@ def run_job(job: TrainingJob, run_folder: str | Path | None = None, progress=Non
             "learning_rate": job.learning_rate,
             "learning_rate_decay_steps": job.learning_rate_decay_steps,
             "max_gradient_norm": job.max_gradient_norm,
+            "loss": job.loss,
         },
         "validation": {
             "source": validation_source,

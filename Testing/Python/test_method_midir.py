@@ -169,3 +169,48 @@ def test_exp_of_minus_v_inverts_exp_of_v(trained):
         # measured: mean <= 0.062 mm, max inside <= 0.061 mm (2 mm voxels)
         assert float(error.mean()) < 0.1
         assert float(inside.max()) < 0.2
+
+
+def _input_sensitivity(model: Midir, shape: tuple[int, int], control_point: tuple[int, int]) -> np.ndarray:
+    """|d velocity(control_point) / d input| summed over both input channels and both outputs,
+    with every weight made positive so that the receptive field has no sign cancellations."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.abs_().add_(1e-3)
+    fixed = torch.ones(1, 1, *shape, requires_grad=True)
+    moving = torch.ones(1, 1, *shape, requires_grad=True)
+    control_shape = model.control_grid(spatial_geometry(shape)).shape
+    velocity = model.network(fixed, moving, control_shape)
+    velocity[0, :, control_point[0], control_point[1]].sum().backward()
+    return (fixed.grad.abs() + moving.grad.abs())[0, 0].numpy()
+
+
+def spatial_geometry(shape):
+    from dmmreg.image import Geometry
+
+    return Geometry(tuple(reversed(shape)), (2.0, 2.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+
+
+@pytest.mark.parametrize("delta, feature_level", [(4, None), (8, None), (8, 0), (4, 1)])
+def test_a_control_point_reads_the_features_of_its_own_position(delta, feature_level):
+    """Control point k sits on model voxel (k - 1) * delta; the input voxels its velocity depends
+    on are centred there (within half a voxel), at the paper's decoder level and finer ones."""
+    model = small_model(2, control_spacing_voxels=delta, feature_level=feature_level)
+    shape = (64, 64)
+    point = (64 // delta // 2 + 1, 64 // delta // 2 + 1)  # the control point on voxel 32 (or its neighbour)
+    sensitivity = _input_sensitivity(model, shape, point)
+    centre = [float((sensitivity.sum(axis=1 - axis) * np.arange(n)).sum() / sensitivity.sum())
+              for axis, n in enumerate(shape)]
+    assert centre == pytest.approx([(point[0] - 1) * delta, (point[1] - 1) * delta], abs=0.5)
+
+
+def test_the_decoder_can_reach_full_resolution_for_coarse_control_grids():
+    """delta 8: the paper's decoder stops at 1/8 resolution; feature_level 0 decodes every level
+    up to the model grid and the control points average the features of their cells."""
+    paper, full = small_model(2, control_spacing_voxels=8), small_model(2, control_spacing_voxels=8, feature_level=0)
+    assert (paper.network.unet.reduction, full.network.unet.reduction) == (8, 1)
+    assert len(full.network.unet.decoder) == len(SMALL["encoder_channels"]) - 1
+    x = torch.rand(1, 1, 32, 48)
+    assert full.network.unet(torch.cat([x, x], dim=1)).shape[2:] == x.shape[2:]
+    with pytest.raises(InputError, match="feature_level must be 0 .. 3"):
+        Midir(MidirConfig(control_spacing_voxels=8, feature_level=4))

@@ -102,7 +102,7 @@ from torch import nn
 from .. import losses, regularisers, spatial
 from ..errors import InputError
 from ..image import Geometry
-from ..networks.layers import ConvBlock, conv, make_activation, small_init, upsample_to
+from ..networks.layers import ConvBlock, conv, make_activation, sample_feature_points, small_init
 from ..networks.unet import UNet
 from .learned import (LearnedMethod, ModelConfig, Prediction, TrainingBatch, index_to_physical_vectors,
                       registration_function, warp_on_grid)
@@ -121,7 +121,8 @@ class MidirConfig(ModelConfig):
     squaring steps; ``encoder_channels`` / ``decoder_channels``: the base U-net's channels per
     level (``decoder_channels`` from the bottleneck up, one fewer than the encoder's);
     ``resize_channels``: the convolutions after the resize, before the output convolution;
-    ``learning_rate``: Adam's."""
+    ``feature_level``: the U-net level the decoder stops at (None: the paper's
+    ``ceil(log2 delta)``; 0: full resolution); ``learning_rate``: Adam's."""
 
     control_spacing_voxels: int = 2
     similarity: str = "nmi"
@@ -133,6 +134,7 @@ class MidirConfig(ModelConfig):
     encoder_channels: tuple[int, ...] = (16, 32, 32, 32, 32)
     decoder_channels: tuple[int, ...] = (32, 32, 32, 32)
     resize_channels: tuple[int, ...] = (32, 32)
+    feature_level: int | None = None
     learning_rate: float = 1e-4
 
 
@@ -140,15 +142,18 @@ class ControlPointVelocityNet(nn.Module):
     """003_2f2aa96e65959a3c.txt sec. 3.2.2, Figure B3 b: ``(fixed, moving)`` ``(B, 1, *shape)``
     -> control-point velocities ``(B, dim, *control_shape)`` in voxels along the index axes.
 
-    The U-net's decoder ends at level ``ceil(log2 delta)`` (the largest feature map smaller
-    than the control grid), its features are resized linearly to the control grid, and three
-    convolutions (``resize_channels``, then ``dim`` outputs, linear, started near zero) predict
-    the velocities."""
+    The U-net's decoder ends at ``feature_level`` (the paper's rule, ``ceil(log2 delta)``: the
+    largest feature map smaller than the control grid; 0 decodes to full resolution), where
+    feature ``j`` sits on model voxel ``j * 2**level``.  Each control point ``k`` reads the
+    features at its own position, model voxel ``(k - 1) * delta`` (linear interpolation, averaged
+    over its ``delta / 2**level`` cell when the features are finer than the control grid), then
+    three convolutions (``resize_channels``, then ``dim`` outputs, linear, started near zero)
+    predict the velocities."""
 
     def __init__(self, dim: int, control_spacing: int, encoder: tuple[int, ...], decoder: tuple[int, ...],
-                 resize: tuple[int, ...]):
+                 resize: tuple[int, ...], feature_level: int | None = None):
         super().__init__()
-        level = math.ceil(math.log2(control_spacing))
+        level = paper_feature_level(control_spacing) if feature_level is None else feature_level
         kept = tuple(decoder[: len(encoder) - 1 - level])
         features = kept[-1] if kept else encoder[-1]
         self.unet = UNet(dim, 2, features, encoder=encoder, decoder=kept, output_level=level, flow_head=False)
@@ -156,10 +161,20 @@ class ControlPointVelocityNet(nn.Module):
         inputs = (features, *resize[:-1])
         self.resize_convs = nn.Sequential(*(ConvBlock(dim, i, o) for i, o in zip(inputs, resize)))
         self.head = small_init(conv(dim, resize[-1], dim))
+        self.control_spacing = control_spacing
+        self.feature_level = level
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, control_shape: tuple[int, ...]) -> torch.Tensor:
         features = self.activation(self.unet(torch.cat([fixed, moving], dim=1)))
-        return self.head(self.resize_convs(upsample_to(features, control_shape)))
+        cell = self.control_spacing / 2**self.feature_level  # control-point spacing in feature voxels
+        positions = [(torch.arange(n, dtype=features.dtype, device=features.device) - 1) * cell for n in control_shape]
+        smoothing = 2 * math.floor(cell / 2) + 1 if cell >= 2 else 1
+        return self.head(self.resize_convs(sample_feature_points(features, positions, smoothing)))
+
+
+def paper_feature_level(control_spacing: int) -> int:
+    """The U-net level MIDIR's decoder stops at (sec. 3.2.2): ``ceil(log2 delta)``."""
+    return math.ceil(math.log2(control_spacing))
 
 
 class Midir(LearnedMethod):
@@ -180,12 +195,17 @@ class Midir(LearnedMethod):
         if not 1 <= config.control_spacing_voxels <= 2 ** (levels - 1):
             raise InputError(f"control_spacing_voxels must be 1 .. {2 ** (levels - 1)} for a {levels}-level "
                              f"U-net, got {config.control_spacing_voxels}")
+        if config.feature_level is not None and not 0 <= config.feature_level <= paper_feature_level(
+                config.control_spacing_voxels):
+            raise InputError(f"feature_level must be 0 .. {paper_feature_level(config.control_spacing_voxels)} "
+                             f"(finer than the control grid) for delta {config.control_spacing_voxels}, "
+                             f"got {config.feature_level}")
         if not config.resize_channels:
             raise InputError("resize_channels needs at least one convolution before the output convolution")
         if not 0 < config.nmi_sample_fraction <= 1:
             raise InputError(f"nmi_sample_fraction must be in (0, 1], got {config.nmi_sample_fraction}")
         self.network = ControlPointVelocityNet(config.dim, config.control_spacing_voxels, config.encoder_channels,
-                                               config.decoder_channels, config.resize_channels)
+                                               config.decoder_channels, config.resize_channels, config.feature_level)
 
     def control_grid(self, geometry: Geometry) -> Geometry:
         """The B-spline control points for the model grid ``geometry``: ``delta`` voxels apart,

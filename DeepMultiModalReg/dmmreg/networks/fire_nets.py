@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import ConvBlock, ResidualBlock, conv, instance_norm, small_init, upsample_to
+from .layers import ConvBlock, ResidualBlock, conv, instance_norm, small_init, upsample_doubling
 
 
 def cyclegan_init(module: nn.Module) -> nn.Module:
@@ -69,8 +69,8 @@ class SynthesisDecoder(nn.Module):
         """Image ``(B, 1, *shape)`` from ``features``; ``shape``: the encoder input's spatial shape."""
         half = tuple((n + 1) // 2 for n in shape)  # the shape after the encoder's first stride-2 block
         x = self.residual(features)
-        x = self.up_second(upsample_to(x, half))
-        x = self.up_first(upsample_to(x, shape))
+        x = self.up_second(upsample_doubling(x, half))
+        x = self.up_first(upsample_doubling(x, shape))
         return (1 + torch.tanh(self.to_image(self.image_block(x)))) / 2
 
 

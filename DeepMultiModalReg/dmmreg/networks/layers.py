@@ -74,11 +74,54 @@ def make_activation(name: str) -> nn.Module:
 
 
 def upsample_to(x: torch.Tensor, shape) -> torch.Tensor:
-    """``x (B, C, *s)`` resized to spatial ``shape`` by (bi/tri)linear interpolation."""
+    """``x (B, C, *s)`` resized to spatial ``shape`` by (bi/tri)linear interpolation, corners on
+    corners (for maps that span the same extent, e.g. an output resized to the input's shape)."""
     if tuple(x.shape[2:]) == tuple(shape):
         return x
     mode = "trilinear" if x.ndim == 5 else "bilinear"
     return F.interpolate(x, size=tuple(shape), mode=mode, align_corners=True)
+
+
+def upsample_doubling(x: torch.Tensor, shape) -> torch.Tensor:
+    """Undo a stride-2 level: ``x (B, C, *m)``, whose voxel ``j`` sits on voxel ``2 j`` of the finer
+    level (a stride-2, padding-1 convolution's output), interpolated linearly onto the finer
+    level's ``shape``, so each finer voxel ``i`` reads position ``i / 2`` (edges repeated past
+    the last coarse voxel).  ``upsample_to`` would stretch the map corner to corner instead,
+    shifting features by up to a voxel per level."""
+    mode = "trilinear" if x.ndim == 5 else "bilinear"
+    exact = tuple(2 * m - 1 for m in x.shape[2:])
+    x = F.interpolate(x, size=exact, mode=mode, align_corners=True) if any(m > 1 for m in x.shape[2:]) else \
+        x.expand(*x.shape[:2], *exact)
+    for axis, n in enumerate(shape):
+        have = x.shape[2 + axis]
+        if have > n:
+            x = x.narrow(2 + axis, 0, n)
+        elif have < n:
+            edge = x.narrow(2 + axis, have - 1, 1)
+            x = torch.cat([x, *([edge] * (n - have))], dim=2 + axis)
+    return x
+
+
+def sample_feature_points(features: torch.Tensor, positions: list[torch.Tensor], smoothing: int = 1) -> torch.Tensor:
+    """Features at a tensor grid of points: ``features (B, C, *m)``, ``positions[axis]`` the
+    points' coordinates along that axis in voxels of ``features`` (the grid is their outer
+    product); linear interpolation, edges repeated outside.  ``smoothing``: first average each
+    axis over that many voxels centred on each voxel (odd), so a point reads its neighbourhood."""
+    dim = features.ndim - 2
+    if smoothing > 1:
+        pool = F.avg_pool3d if dim == 3 else F.avg_pool2d
+        for axis in range(dim):
+            kernel = [1] * dim
+            kernel[axis] = smoothing
+            padding = [0] * dim
+            padding[axis] = smoothing // 2
+            features = pool(features, tuple(kernel), stride=1, padding=tuple(padding), count_include_pad=False)
+    # normalised coordinates (align_corners=True), last axis of the grid is x = the last array axis
+    normalised = [2 * p / max(n - 1, 1) - 1 for p, n in zip(positions, features.shape[2:])]
+    mesh = torch.meshgrid(*normalised, indexing="ij")
+    grid = torch.stack(mesh[::-1], dim=-1).to(features)
+    grid = grid.unsqueeze(0).expand(features.shape[0], *grid.shape)
+    return F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def small_init(module: nn.Module, std: float = 1e-5) -> nn.Module:

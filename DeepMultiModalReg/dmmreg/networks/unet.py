@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import ConvBlock, conv, small_init, upsample_to
+from .layers import ConvBlock, conv, small_init, upsample_doubling
 
 
 class UNet(nn.Module):
@@ -15,7 +15,8 @@ class UNet(nn.Module):
     * ``encoder``: channels per level; level 0 keeps the input resolution, each further level
       halves it with a stride-2 convolution; the last level is the bottleneck.
     * ``decoder``: channels of the decoder levels, from the bottleneck upwards; each doubles the
-      resolution (linear interpolation to the skip's shape, so any input shape works),
+      resolution (linear interpolation that keeps each coarse voxel on the fine voxel it was
+      computed at, :func:`~dmmreg.networks.layers.upsample_doubling`; any input shape works),
       concatenates the encoder features of that level and convolves.  There are
       ``len(encoder) - 1 - output_level`` of them.
     * ``convs_per_level``: convolutions in every block; ``norm``, ``activation``: see
@@ -56,5 +57,5 @@ class UNet(nn.Module):
         x = skips.pop()
         for block in self.decoder:
             skip = skips.pop()
-            x = block(torch.cat([upsample_to(x, skip.shape[2:]), skip], dim=1))
+            x = block(torch.cat([upsample_doubling(x, skip.shape[2:]), skip], dim=1))
         return self.head(x)
