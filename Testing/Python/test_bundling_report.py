@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "train_bundled_models.py"
@@ -12,6 +13,7 @@ SCRIPT = Path(__file__).parents[2] / "scripts" / "train_bundled_models.py"
 def bundling_script():
     spec = importlib.util.spec_from_file_location("train_bundled_models", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
