@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmmreg.image import read_image
+from dmmreg.image_io import read_image
 from dmmreg.known_warp import endpoint_error
 from dmmreg.transform_io import read_result
 

@@ -1,6 +1,6 @@
 """Registration module of the DeepMultiModalReg extension (3D Slicer scripted module).
 
-A thin Qt widget over :mod:`dmmreg.slicer_logic` (the module's Lib package), which does the work
+A thin Qt widget over :mod:`dmmreg.slicer.registration_logic` (the module's Lib package), which does the work
 in a background process so Slicer stays responsive.  No torch import here.
 """
 
@@ -29,14 +29,10 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from dmmreg.errors import InputError
-from dmmreg.slicer_logic import QUALITIES, RegistrationFailed, RegistrationLogic, RegistrationParameters
-from dmmreg.slicer_widget import (
-    BackgroundRun,
-    DeviceChoice,
-    MethodModelChoice,
-    ParameterNodeBinding,
-    select_by_data,
-)
+from dmmreg.slicer.registration_logic import (QUALITIES, RegistrationFailed, RegistrationLogic,
+    RegistrationParameters)
+from dmmreg.slicer.widgets import (BackgroundRun, DeviceChoice, MethodModelChoice, ParameterNodeBinding,
+    select_by_data)
 
 MaskNode = Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
 SAMPLE_CONTRASTS = ("T1", "T2", "FLAIR")

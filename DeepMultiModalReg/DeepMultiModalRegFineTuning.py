@@ -1,8 +1,8 @@
 """Model Fine-tuning module of the DeepMultiModalReg extension (3D Slicer scripted module).
 
-A thin Qt widget over :mod:`dmmreg.finetune_logic` (the module's Lib package, shared with the
+A thin Qt widget over :mod:`dmmreg.slicer.finetuning_logic` (the module's Lib package, shared with the
 Registration module): fine-tunes a learned model on a cohort (a folder or CSV file, or the scene's
-volumes named ``SUBJECT_CONTRAST``, see :mod:`dmmreg.scene_cohort`) in a background process, with
+volumes named ``SUBJECT_CONTRAST``, see :mod:`dmmreg.slicer.scene_cohort`) in a background process, with
 live loss and validation curves (table and plot nodes), and saves a new user model that the
 Registration module lists at once.  Start becomes Cancel; cancelling waits for the checkpoint.
 No torch import here.
@@ -24,10 +24,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from dmmreg import model_io, scene_cohort
+from dmmreg import model_io
+from dmmreg.slicer import scene_cohort
 from dmmreg.errors import InputError
-from dmmreg.finetune_logic import FineTuningFailed, FineTuningLogic, check_parameters
-from dmmreg.slicer_widget import BackgroundRun, DeviceChoice, ParameterNodeBinding, select_by_data
+from dmmreg.slicer.finetuning_logic import FineTuningFailed, FineTuningLogic, check_parameters
+from dmmreg.slicer.widgets import BackgroundRun, DeviceChoice, ParameterNodeBinding, select_by_data
 
 ICON = Path(__file__).resolve().parent / "Resources" / "Icons" / "DeepMultiModalReg.png"
 
@@ -218,7 +219,7 @@ class DeepMultiModalRegFineTuningTest(ScriptedLoadableModuleTest):
         self.test_bad_parameters_give_clear_errors_and_change_nothing()
 
     def test_scene_volumes_grouped_by_subject(self):
-        from dmmreg.finetune_testing import cohort_test_scene
+        from dmmreg.slicer.selftest.finetuning_scene import cohort_test_scene
 
         nodes = cohort_test_scene(slicer.mrmlScene)
         cohort = scene_cohort.group_scene_volumes(slicer.mrmlScene)
@@ -230,7 +231,7 @@ class DeepMultiModalRegFineTuningTest(ScriptedLoadableModuleTest):
     def test_bad_parameters_give_clear_errors_and_change_nothing(self):
         import tempfile
 
-        from dmmreg.finetune_testing import cohort_test_scene, parameter_cases
+        from dmmreg.slicer.selftest.finetuning_scene import cohort_test_scene, parameter_cases
 
         nodes = cohort_test_scene(slicer.mrmlScene)
         with tempfile.TemporaryDirectory() as folder:

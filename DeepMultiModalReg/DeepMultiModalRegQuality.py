@@ -1,6 +1,6 @@
 """Quality inspection module of the DeepMultiModalReg extension (3D Slicer scripted module).
 
-A thin Qt widget over :mod:`dmmreg.quality_logic` (the module's Lib package, shared with the
+A thin Qt widget over :mod:`dmmreg.slicer.quality_logic` (the module's Lib package, shared with the
 Registration module): for any transform node in the scene (ours or another tool's) it computes
 the Jacobian determinant, label overlap, inverse consistency and landmark error, shows the
 deformation in the slice views and writes a report.  Every result is a new node; inputs are
@@ -34,10 +34,10 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from dmmreg import quality_logic
+from dmmreg.slicer import quality_logic
 from dmmreg.errors import InputError
-from dmmreg.slicer_widget import ParameterNodeBinding, ensure_torch
-from dmmreg.mrml import ATTRIBUTE_PREFIX
+from dmmreg.slicer.widgets import ParameterNodeBinding, ensure_torch
+from dmmreg.slicer.mrml import ATTRIBUTE_PREFIX
 
 LabelsNode = Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
 ICON = Path(__file__).resolve().parent / "Resources" / "Icons" / "DeepMultiModalReg.png"
@@ -284,7 +284,7 @@ def _mm(value):
 
 
 class DeepMultiModalRegQualityLogic(ScriptedLoadableModuleLogic):
-    """Slicer-side logic: reads a parameter node, calls :mod:`dmmreg.quality_logic`, and keeps
+    """Slicer-side logic: reads a parameter node, calls :mod:`dmmreg.slicer.quality_logic`, and keeps
     the new result nodes in the parameter node.  Usable without the widget."""
 
     def __init__(self, scene=None):
@@ -332,7 +332,7 @@ class DeepMultiModalRegQualityLogic(ScriptedLoadableModuleLogic):
 
     def saveReport(self, p, picture=True):
         """Write the report of the latest results into ``p.report_folder`` (empty: beside the
-        saved scene); returns the paths written (see :func:`dmmreg.quality_logic.write_report`)."""
+        saved scene); returns the paths written (see :func:`dmmreg.slicer.quality_logic.write_report`)."""
         results = self.resultNodes(p)
         if not results:
             raise InputError("there is no result to report yet; compute a measure first")
@@ -360,7 +360,7 @@ class DeepMultiModalRegQualityTest(ScriptedLoadableModuleTest):
         self.test_report_and_deformation_display()
 
     def _parameters(self):
-        from dmmreg.quality_testing import affine_test_scene
+        from dmmreg.slicer.selftest.quality_scene import affine_test_scene
 
         case = affine_test_scene(slicer.mrmlScene)
         logic = DeepMultiModalRegQualityLogic()
@@ -370,7 +370,7 @@ class DeepMultiModalRegQualityTest(ScriptedLoadableModuleTest):
         return logic, p, case
 
     def test_jacobian_of_an_affine_is_its_determinant(self):
-        from dmmreg.quality_testing import jacobian_error
+        from dmmreg.slicer.selftest.quality_scene import jacobian_error
 
         self.delayDisplay("Jacobian of a known affine transform")
         logic, p, case = self._parameters()

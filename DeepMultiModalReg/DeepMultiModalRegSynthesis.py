@@ -1,6 +1,6 @@
 """Synthesis Preview module of the DeepMultiModalReg extension (3D Slicer scripted module).
 
-A thin Qt widget over :mod:`dmmreg.synthesis_logic` (the module's Lib package, shared with the
+A thin Qt widget over :mod:`dmmreg.slicer.synthesis_logic` (the module's Lib package, shared with the
 Registration module): a learned method that synthesises images (fire, disentangled,
 hierarchical) renders the moving volume in the fixed volume's contrast, in a background process
 (Apply becomes Cancel); the result is new volume nodes and an NMI/SSIM table, compared with the
@@ -24,18 +24,13 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from dmmreg import synthesis_logic
+from dmmreg.slicer import synthesis_logic
 from dmmreg.errors import InputError
-from dmmreg.slicer_logic import RegistrationFailed
-from dmmreg.slicer_widget import (
-    BackgroundRun,
-    DeviceChoice,
-    MethodModelChoice,
-    ParameterNodeBinding,
-    select_by_data,
-)
+from dmmreg.slicer.registration_logic import RegistrationFailed
+from dmmreg.slicer.widgets import (BackgroundRun, DeviceChoice, MethodModelChoice, ParameterNodeBinding,
+    select_by_data)
 from dmmreg.synthesis import SYNTHESISING_METHODS
-from dmmreg.synthesis_logic import SynthesisLogic, SynthesisParameters
+from dmmreg.slicer.synthesis_logic import SynthesisLogic, SynthesisParameters
 
 ICON = Path(__file__).resolve().parent / "Resources" / "Icons" / "DeepMultiModalReg.png"
 #: The synthesised image the display controls compare with its real image (the fixed volume).
@@ -236,14 +231,8 @@ class DeepMultiModalRegSynthesisTest(ScriptedLoadableModuleTest):
         self.test_bad_input_adds_no_node()
 
     def test_checkerboard_fade_and_side_by_side(self):
-        from dmmreg.synthesis_testing import (
-            OPACITY,
-            TILE_MM,
-            checkerboard_problems,
-            display_test_scene,
-            fade_problems,
-            side_by_side_problems,
-        )
+        from dmmreg.slicer.selftest.synthesis_scene import (OPACITY, TILE_MM, checkerboard_problems,
+            display_test_scene, fade_problems, side_by_side_problems)
 
         self.delayDisplay("Checkerboard, fade and side by side of a known pair")
         case = display_test_scene(slicer.mrmlScene)
@@ -256,7 +245,7 @@ class DeepMultiModalRegSynthesisTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Display test passed")
 
     def test_bad_input_adds_no_node(self):
-        from dmmreg.synthesis_testing import display_test_scene
+        from dmmreg.slicer.selftest.synthesis_scene import display_test_scene
 
         case = display_test_scene(slicer.mrmlScene)
         logic = SynthesisLogic(slicer.mrmlScene)

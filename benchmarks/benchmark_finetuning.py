@@ -13,7 +13,7 @@ finetune``.  Tested on ``--test-subject`` (default: stroke), on two measures:
   at full resolution) on the benchmark's known-warp cases (``benchmark_registration.py``),
   whose warps (drawn at 1 mm by ``known_warp``) are not among the training pairs; for a 2D
   model, on axial slices of the test subject under such warps
-  (:func:`dmmreg.registration_validation.registration_cases`, seeds from 30000, apart from the
+  (:func:`dmmreg.training.validation.registration_cases`, seeds from 30000, apart from the
   20000... cases the fine-tuning keeps its best weights by).
 
 Writes ``finetuning-<date>-<host>-<n>cpu.md`` to ``--out``; the fine-tuned model goes to a
@@ -39,7 +39,7 @@ from benchmark_registration import (DEFAULT_DATA, SUBJECTS, benchmark_subject, b
 from benchmark_whole_registration import score_models
 
 from dmmreg.model_io import find_model, read_card
-from dmmreg.training_jobs import TrainingJob, run_job
+from dmmreg.training.jobs import TrainingJob, run_job
 
 def write_cohort(data: Path, subjects, path: Path) -> None:
     with open(path, "w", newline="") as handle:

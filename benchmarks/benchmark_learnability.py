@@ -26,10 +26,10 @@ import torch
 
 from benchmark_registration import DEFAULT_DATA, benchmark_subject, results_file, write_lines
 
-from dmmreg import augment
+from dmmreg.training import augmentation
 from dmmreg.methods.midir import Midir, MidirConfig
-from dmmreg.training import validate
-from dmmreg.training_data import PairSampler, PairSettings, load_subject
+from dmmreg.training.trainer import validate
+from dmmreg.training.pairs import PairSampler, PairSettings, load_subject
 
 TRAINING_SUBJECTS = ("aurora-met", "tcga-du-7294")
 
@@ -60,7 +60,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pairs = tuple(tuple(p.split(":")) for p in args.pairs)
     contrasts = sorted({c for p in pairs for c in p})
-    settings = PairSettings(dim=args.dim, contrast_pairs=pairs, spatial=augment.PREALIGNED)
+    settings = PairSettings(dim=args.dim, contrast_pairs=pairs, spatial=augmentation.PREALIGNED)
     training = [load_subject(benchmark_subject(args.data, name, contrasts), args.spacing_mm, 16.0, align_contrasts=True)
                 for name in TRAINING_SUBJECTS]
     sampler = PairSampler(training, settings)

@@ -29,13 +29,13 @@ from torch import nn
 
 from benchmark_registration import DEFAULT_DATA, benchmark_subject, results_file, write_lines
 
-from dmmreg import augment
+from dmmreg.training import augmentation
 from dmmreg.known_warp import endpoint_error
 from dmmreg.methods.learned import warp_on_grid
 from dmmreg.methods.midir import Midir, MidirConfig
 from dmmreg.methods.optimise import register_optimise, settings_for
-from dmmreg.registration_validation import registration_cases
-from dmmreg.training_data import PairSampler, PairSettings, load_subject
+from dmmreg.training.validation import registration_cases
+from dmmreg.training.pairs import PairSampler, PairSettings, load_subject
 
 ERROR_EVERY = 10  # iterations between endpoint-error measurements
 GRIDS = {2: dict(spacing_mm=2.0, bins=32), 3: dict(spacing_mm=4.0, bins=64)}  # the bundled models' grids
@@ -106,7 +106,7 @@ def main() -> None:
         grid = GRIDS[dim]
         volumes = load_subject(subject, grid["spacing_mm"], 16.0)
         settings = PairSettings(dim=dim, contrast_pairs=((fixed_contrast, moving_contrast),),
-                                spatial=augment.PREALIGNED)
+                                spatial=augmentation.PREALIGNED)
         batches = PairSampler([volumes], settings).validation_pairs(args.pairs)
         for delta in args.deltas:
             for weight in args.weights:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from benchmark_registration import results_file, run_measured, write_lines
 
-from dmmreg.image import read_image, write_image
+from dmmreg.image_io import read_image, write_image
 from dmmreg.known_warp import deform, random_known_warp
 from dmmreg.methods import LEARNED_METHODS, method_class
 from dmmreg.model_io import save_model

@@ -3,7 +3,7 @@
 MIDIR's loss (003_2f2aa96e65959a3c.txt eqs. 1-4) is the NMI of the fixed image and the warped
 moving one on the grid the network runs on.  For each real, aligned T2 (fixed) and T1 (moving)
 pair of ``../shared/data``, on model grids of ``--spacings`` mm (as training sees them:
-:func:`dmmreg.training_data.load_subject`), this shifts the moving image by ``-3 .. 3`` mm along
+:func:`dmmreg.training.pairs.load_subject`), this shifts the moving image by ``-3 .. 3`` mm along
 each axis (linear interpolation, as in training) and reports NMI (64 bins, every voxel) and the
 shift where it peaks.  A peak away from 0 is a bias a network trained on that loss learns
 (the interpolation blur of a sub-voxel shift raises NMI); the measured residual misalignment of
@@ -24,10 +24,10 @@ import torch
 from benchmark_registration import DEFAULT_DATA, SUBJECTS, benchmark_subject, results_file, write_lines
 
 from dmmreg import losses
-from dmmreg.image import read_image
+from dmmreg.image_io import read_image
 from dmmreg.methods.learned import warp_on_grid
 from dmmreg.methods.optimise import prealign
-from dmmreg.training_data import load_subject
+from dmmreg.training.pairs import load_subject
 
 SHIFTS_MM = np.arange(-3.0, 3.01, 0.5)
 

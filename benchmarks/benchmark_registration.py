@@ -47,8 +47,9 @@ import numpy as np
 from scipy import ndimage
 
 from dmmreg import metrics
-from dmmreg.cohort import Subject
-from dmmreg.image import Image, read_image, write_image
+from dmmreg.training.cohorts import Subject
+from dmmreg.image import Image
+from dmmreg.image_io import read_image, write_image
 from dmmreg.known_warp import deform, endpoint_error, random_known_warp
 from dmmreg.result import RegistrationResult
 from dmmreg.transform_io import read_result

@@ -2,7 +2,7 @@
 training run (how many updates a machine can give in an hour).
 
 For each method and grid (``DIM:SPACING_MM``), the method's network at its paper's default size
-is trained by the shared :class:`~dmmreg.training.Trainer` (mixed precision on CUDA, as ``dmmreg
+is trained by the shared :class:`~dmmreg.training.trainer.Trainer` (mixed precision on CUDA, as ``dmmreg
 train`` runs it) for ``--updates`` updates per stage on known-warp pairs of the bundled stroke
 subject (``PairSampler``, the ``prealigned`` augmentation, 2D models on its axial slices); the
 first update of each stage (warm-up) is not counted.  Reports seconds per update, the hours
@@ -23,13 +23,13 @@ import torch
 
 from benchmark_registration import results_file, write_lines
 
-from dmmreg import augment
-from dmmreg.cohort import Subject
+from dmmreg.training import augmentation
+from dmmreg.training.cohorts import Subject
 from dmmreg.errors import InputError
 from dmmreg.methods import LEARNED_METHODS, method_class
-from dmmreg.training import Trainer
-from dmmreg.training_data import PairSampler, PairSettings, load_subject
-from dmmreg.training_jobs import resolve_device
+from dmmreg.training.trainer import Trainer
+from dmmreg.training.pairs import PairSampler, PairSettings, load_subject
+from dmmreg.training.jobs import resolve_device
 
 STROKE = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "stroke"
 MARGIN_MM = 16.0
@@ -52,7 +52,7 @@ def training_cost(name: str, dim: int, spacing_mm: float, updates: int, device: 
     """Rows (one per stage) of seconds per update of method ``name`` on a ``spacing_mm`` grid."""
     subject = Subject("stroke", {c.lower(): STROKE / f"{c}.nii.gz" for c in ("T1", "T2", "FLAIR")})
     volumes = load_subject(subject, spacing_mm, MARGIN_MM)
-    sampler = PairSampler([volumes], PairSettings(dim=dim, spatial=augment.PREALIGNED))
+    sampler = PairSampler([volumes], PairSettings(dim=dim, spatial=augmentation.PREALIGNED))
     cls = method_class(name)
     torch.manual_seed(0)
     model = cls(cls.config_class(dim=dim, spacing_mm=spacing_mm))

@@ -3,7 +3,7 @@
 For each model (a card path or a model name), the registration a user gets: ``optimise``'s
 affine pre-alignment, the network, the map at full resolution
 (:func:`dmmreg.methods.learned.register_with_model`), on ``--cases`` known-warp cases of
-``--subject`` (:func:`dmmreg.registration_validation.registration_cases`: volumes for 3D models,
+``--subject`` (:func:`dmmreg.training.validation.registration_cases`: volumes for 3D models,
 axial slices through the middle of the brain for 2D ones; warps seeded from ``--seed``, by
 default apart from the 20000... cases training keeps its best weights by), cycling through the
 contrast pairs T2/FLAIR/T1 both ways.  Reports the mean endpoint error in the brain of the
@@ -22,9 +22,9 @@ import torch
 
 from benchmark_registration import DEFAULT_DATA, SUBJECTS, benchmark_subject, results_file, write_lines
 
-from dmmreg.cohort import Subject
+from dmmreg.training.cohorts import Subject
 from dmmreg.model_io import find_model, load_model
-from dmmreg.registration_validation import registration_cases, validate_registration
+from dmmreg.training.validation import registration_cases, validate_registration
 
 PAIRS = [("t2", "t1"), ("flair", "t1"), ("t1", "t2"), ("t1", "flair"), ("flair", "t2"), ("t2", "flair")]
 

@@ -1,7 +1,7 @@
 """The training campaign of the models bundled in ``models/``, from ``../shared/data`` (see models/README.md).
 
 Each model follows a curriculum (:data:`CURRICULA`): phases run in order, each a training job of
-the shared trainer (:func:`dmmreg.training_jobs.run_job`, the path of ``dmmreg train``) started
+the shared trainer (:func:`dmmreg.training.jobs.run_job`, the path of ``dmmreg train``) started
 from the previous phase's model.  The first phases are supervised by the pairs' known warps
 (``loss="known-warp"``: same-contrast pairs, then cross-contrast and synthetic-contrast pairs),
 the last one trains on the method's own loss; what departs from a paper is in the method's
@@ -134,7 +134,7 @@ known-warp cases, the condition for bundling (`--bundle`)."""
 def write_training_report(runs: Path, path: Path) -> Path:
     """A table of every run folder under ``runs``: updates done, seconds, and the validation
     (held-out pairs) at the start and at its best, from the runs' checkpoints."""
-    from dmmreg.training import score
+    from dmmreg.training.trainer import score
 
     lines = ["# Training runs of scripts/train_bundled_models.py", "",
              "Validation on held-out subjects (known warps, model grid): five IXI subjects for runs on the IXI "
@@ -230,7 +230,7 @@ def phase_folder(name: str, phase: Phase) -> Path:
 
 def phase_job(name: str, curriculum: Curriculum, index: int, cohorts: dict[str, Path]):
     """The training job of phase ``index`` of ``name``'s curriculum (from the previous phase's model)."""
-    from dmmreg.training_jobs import TrainingJob
+    from dmmreg.training.jobs import TrainingJob
 
     phase = curriculum.phases[index]
     base = None if index == 0 else str(phase_folder(name, curriculum.phases[index - 1]).with_suffix(".json"))
@@ -246,7 +246,7 @@ def phase_job(name: str, curriculum: Curriculum, index: int, cohorts: dict[str, 
 
 def phase_state(name: str, phase: Phase) -> dict:
     """Where a phase stands: finished (its model exists), updates done, validation at start and best."""
-    from dmmreg.training import score
+    from dmmreg.training.trainer import score
 
     folder = phase_folder(name, phase)
     state = {"phase": phase.name, "loss": phase.loss, "pairs": phase.pairs, "planned": phase.steps, "updates": 0,
@@ -280,7 +280,7 @@ def print_status() -> None:
 def export_phase(name: str, curriculum: Curriculum, index: int, cohorts: dict[str, Path], target: Path) -> Path | None:
     """The best weights so far of an unfinished phase as a model (card included) at ``target``,
     by finishing a copy of its run folder at the updates done; None before its first epoch."""
-    from dmmreg.training_jobs import run_job
+    from dmmreg.training.jobs import run_job
 
     folder = phase_folder(name, curriculum.phases[index])
     if not (folder / "checkpoint.json").exists():
@@ -300,7 +300,7 @@ def export_phase(name: str, curriculum: Curriculum, index: int, cohorts: dict[st
 def bundle(cohorts: dict[str, Path], output: Path) -> None:
     """For every curriculum: the phase model (finished, or the best so far of the running phase)
     with the lowest whole-registration error, copied to ``output`` when it beats the pre-alignment."""
-    from dmmreg.training import score
+    from dmmreg.training.trainer import score
 
     for name, curriculum in CURRICULA.items():
         candidates = []
@@ -358,8 +358,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from dmmreg.training import Cancelled
-    from dmmreg.training_jobs import cancel_on_signals, resume_job, run_job
+    from dmmreg.training.trainer import Cancelled
+    from dmmreg.training.jobs import cancel_on_signals, resume_job, run_job
 
     torch.set_num_threads(args.threads)
     signalled = cancel_on_signals()  # Ctrl-C / SIGTERM: stop after the current update, resumable

@@ -172,7 +172,7 @@ def _check_output_paths(paths: list[str | None]) -> None:
 
 
 def run_register(args, progress: _Progress) -> dict:
-    from .image import read_image
+    from .image_io import read_image
     from .registration import register_pair
     from .transform_io import check_transform_path, read_result, write_transform
 
@@ -223,7 +223,7 @@ def run_register(args, progress: _Progress) -> dict:
         write_transform(result, args.output_inverse_transform, inverse=True)
         written["inverse_transform"] = os.path.abspath(args.output_inverse_transform)
     if args.output_volume:
-        from .image import write_image
+        from .image_io import write_image
 
         write_image(result.warp(moving), args.output_volume)
         written["volume"] = os.path.abspath(args.output_volume)
@@ -234,7 +234,7 @@ def run_register(args, progress: _Progress) -> dict:
                                   title=f"{args.method}: {os.path.basename(args.moving)} to {os.path.basename(args.fixed)}")
         written["picture"] = os.path.abspath(args.output_picture)
     if args.output_synthesised:
-        from .image import write_image
+        from .image_io import write_image
         from .synthesis import on_fixed_grid, synthesised_path
 
         for key, image in sorted(result.synthesised.items()):
@@ -247,7 +247,7 @@ def run_register(args, progress: _Progress) -> dict:
 def run_known_warp(args, progress: _Progress) -> dict:
     import numpy as np
 
-    from .image import read_image, write_image
+    from .image_io import read_image, write_image
     from .known_warp import KnownWarpSettings, deform, random_known_warp
     from .transform_io import check_transform_path, write_transform
 
@@ -277,9 +277,9 @@ def _config_value(text: str):
 
 
 def training_job(args):
-    """The :class:`~dmmreg.training_jobs.TrainingJob` of ``train`` / ``finetune`` arguments."""
+    """The :class:`~dmmreg.training.jobs.TrainingJob` of ``train`` / ``finetune`` arguments."""
     from .model_io import find_model, read_card
-    from .training_jobs import TrainingJob
+    from .training.jobs import TrainingJob
 
     if not args.cohort:
         raise InputError("give the training data with --cohort (a folder or a CSV file)")
@@ -330,7 +330,7 @@ def run_training(args, progress: _Progress) -> dict:
     """``train`` / ``finetune``: run (or resume) the job; SIGINT/SIGTERM cancel after the current
     update, leaving the run folder's checkpoint and no model file."""
     from .model_io import user_models_folder
-    from .training_jobs import cancel_on_signals, resume_job, run_job
+    from .training.jobs import cancel_on_signals, resume_job, run_job
 
     if args.threads:
         import torch
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = _Progress(getattr(args, "progress", "text"))
     start = time.perf_counter()
     commands = {"register": run_register, "known-warp": run_known_warp, "train": run_training, "finetune": run_training}
-    from .training import Cancelled
+    from .training.trainer import Cancelled
 
     try:
         summary = commands[args.command](args, progress)

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from . import spatial
-from .image import Geometry, Image
+from .geometry import Geometry
+from .image import Image
 from .result import RegistrationResult
 
 

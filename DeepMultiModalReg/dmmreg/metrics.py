@@ -1,5 +1,5 @@
 """Registration quality metrics, with the geometry explicit (spacing and direction are read from
-:class:`~dmmreg.image.Geometry`, never assumed to be 1 mm).
+:class:`~dmmreg.geometry.Geometry`, never assumed to be 1 mm).
 
 Inputs and outputs are numpy arrays (label maps in array order (z, y, x), points LPS ``(n, dim)``
 in mm) or :class:`~dmmreg.image.Image`; transforms are :class:`~dmmreg.result.RegistrationResult`
@@ -13,7 +13,8 @@ import torch
 from scipy import ndimage
 
 from . import spatial
-from .image import Geometry, Image
+from .geometry import Geometry
+from .image import Image
 from .result import RegistrationResult
 
 

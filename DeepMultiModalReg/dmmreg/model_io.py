@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from .errors import InputError
-from .image import atomic_write
+from .files import atomic_write
 
 CARD_FORMAT = "dmmreg-model/1"
 BUNDLED_MODELS = Path(__file__).resolve().parents[2] / "models"

@@ -12,7 +12,8 @@ import os
 
 import numpy as np
 
-from .image import Image, atomic_write, normalise_intensity
+from .image import Image, normalise_intensity
+from .files import atomic_write
 from .result import RegistrationResult
 
 

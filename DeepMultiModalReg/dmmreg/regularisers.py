@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from . import spatial
-from .image import Geometry
+from .geometry import Geometry
 
 
 def diffusion(field: torch.Tensor, geometry: Geometry) -> torch.Tensor:

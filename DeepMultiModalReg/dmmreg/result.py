@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .image import Geometry, Image
+from .geometry import Geometry
+from .image import Image
 
 
 @dataclass

@@ -6,7 +6,7 @@ Convention
   order of :class:`dmmreg.image.Image`.
 * Points and displacements are physical (LPS, mm) and their last axis (or channel axis for
   fields) is ordered ``(x, y, z)``.  A displacement field ``u`` is a tensor ``(B, dim, *shape)``
-  sampled on a :class:`~dmmreg.image.Geometry`; it represents the map ``p -> p + u(p)``.
+  sampled on a :class:`~dmmreg.geometry.Geometry`; it represents the map ``p -> p + u(p)``.
 * An affine transform is a homogeneous ``(dim+1, dim+1)`` matrix acting on physical points.
 * A registration result is the *resampling* transform (ITK's convention, Slicer's
   "FromParent"): it maps a point ``p`` of the fixed image to the moving image,
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .image import Geometry
+from .geometry import Geometry
 
 
 def _matrix(m: np.ndarray | torch.Tensor, like: torch.Tensor) -> torch.Tensor:

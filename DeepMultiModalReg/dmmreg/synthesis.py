@@ -21,7 +21,8 @@ import os
 import numpy as np
 
 from .errors import InputError
-from .image import Geometry, Image
+from .geometry import Geometry
+from .image import Image
 
 #: Methods whose networks synthesise images, and the keys of what they make.
 SYNTHESISING_METHODS = {

@@ -17,7 +17,10 @@ import os
 import numpy as np
 
 from .errors import InputError
-from .image import Geometry, Image, atomic_write, geometry_from_sitk, to_sitk
+from .geometry import Geometry
+from .image import Image
+from .files import atomic_write
+from .image_io import geometry_from_sitk, to_sitk
 from .result import RegistrationResult
 
 FIELD_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")

@@ -17,7 +17,9 @@ import pytest
 import torch
 
 from dmmreg import spatial
-from dmmreg.image import Geometry, Image, read_image, to_sitk
+from dmmreg.geometry import Geometry
+from dmmreg.image import Image
+from dmmreg.image_io import read_image, to_sitk
 from dmmreg.known_warp import KnownWarpSettings, deform, endpoint_error, random_known_warp
 from dmmreg.result import RegistrationResult
 
@@ -171,7 +173,7 @@ def stroke_batches(stroke) -> dict[int, "TrainingBatch"]:
     ``{2: mid axial slice on a 2 mm model grid, 3: the volume on a 4 mm model grid}``
     (margin 8 mm; the model configs of the method tests use the same spacings)."""
     from dmmreg.methods.learned import ModelConfig
-    from dmmreg.training_data import known_warp_batch
+    from dmmreg.training.pairs import known_warp_batch
 
     t1, t2 = stroke_slice_2d(stroke, "T1"), stroke_slice_2d(stroke, "T2")
     return {

@@ -58,7 +58,7 @@ def parameter_is_optional(name: str, parameter: str) -> bool:
     return "Optional[" in ast.unparse(parameter_node_fields(name)[parameter])
 
 
-#: The mixins and helpers the module widgets share (``dmmreg.slicer_widget``).
+#: The mixins and helpers the module widgets share (``dmmreg.slicer.widgets``).
 WIDGET_HELPERS_FILE = MODULE_FOLDER / "dmmreg" / "slicer_widget.py"
 
 
@@ -67,11 +67,11 @@ def widget_helpers_text() -> str:
 
 
 def widget_mixins(name: str) -> list[ast.ClassDef]:
-    """The classes of ``dmmreg.slicer_widget`` that the module's ``<name>Widget`` mixes in: the
+    """The classes of ``dmmreg.slicer.widgets`` that the module's ``<name>Widget`` mixes in: the
     widgets and parameters they use count as the module's."""
     helpers = {node.name: node for node in ast.parse(widget_helpers_text()).body if isinstance(node, ast.ClassDef)}
     imported = {alias.asname or alias.name for node in module_tree(name).body
-                if isinstance(node, ast.ImportFrom) and node.module == "dmmreg.slicer_widget" for alias in node.names}
+                if isinstance(node, ast.ImportFrom) and node.module == "dmmreg.slicer.widgets" for alias in node.names}
     for node in module_tree(name).body:
         if isinstance(node, ast.ClassDef) and node.name == f"{name}Widget":
             return [helpers[base.id] for base in node.bases

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from dmmreg import augment, spatial
-from dmmreg.image import Geometry
-from dmmreg.training_data import PairSampler, PairSettings, SubjectVolumes
+from dmmreg.training import augmentation
+from dmmreg import spatial
+from dmmreg.geometry import Geometry
+from dmmreg.training.pairs import PairSampler, PairSettings, SubjectVolumes
 
 GEOMETRY = Geometry((40, 48, 32), (4.0, 4.0, 4.0), (-80.0, -96.0, -64.0), np.eye(3))
-NONE = augment.SpatialAugmentation(0.0, 0.0, 0.0, 0.0, 0.0)
+NONE = augmentation.SpatialAugmentation(0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def blob(geometry: Geometry) -> torch.Tensor:
@@ -22,29 +23,29 @@ def blob(geometry: Geometry) -> torch.Tensor:
 
 
 def test_zero_ranges_give_the_identity():
-    affine, displacement = augment.random_spatial_transform(GEOMETRY, torch.Generator().manual_seed(0), NONE)
+    affine, displacement = augmentation.random_spatial_transform(GEOMETRY, torch.Generator().manual_seed(0), NONE)
     assert torch.allclose(affine, torch.eye(4, dtype=torch.float64)) and float(displacement.abs().max()) == 0.0
 
 
 def test_true_displacement_is_the_map_that_warps_the_image():
     generator = torch.Generator().manual_seed(3)
-    affine, displacement = augment.random_spatial_transform(GEOMETRY, generator, augment.STRONG_AFFINE)
+    affine, displacement = augmentation.random_spatial_transform(GEOMETRY, generator, augmentation.STRONG_AFFINE)
     image = blob(GEOMETRY).double()
     warped = spatial.warp(image, GEOMETRY, GEOMETRY, affine, displacement)
-    truth = augment.true_displacement(GEOMETRY, affine, displacement)
+    truth = augmentation.true_displacement(GEOMETRY, affine, displacement)
     points = spatial.grid_points(GEOMETRY, dtype=torch.float64)[None] + spatial.to_channels_last(truth)
     assert torch.allclose(warped, spatial.sample(image, GEOMETRY, points), atol=1e-10)
     # the non-rigid part has the asked mean size (drawn in [0, 2 x mean])
-    sizes = [augment.random_spatial_transform(GEOMETRY, generator, augment.RESIDUAL_AFFINE)[1].norm(dim=1).mean()
+    sizes = [augmentation.random_spatial_transform(GEOMETRY, generator, augmentation.RESIDUAL_AFFINE)[1].norm(dim=1).mean()
              for _ in range(20)]
-    assert 1.5 < float(np.mean(sizes)) < 4.5 and max(sizes) <= 2 * augment.RESIDUAL_AFFINE.mean_nonrigid_mm + 1e-6
+    assert 1.5 < float(np.mean(sizes)) < 4.5 and max(sizes) <= 2 * augmentation.RESIDUAL_AFFINE.mean_nonrigid_mm + 1e-6
 
 
 def test_strong_affine_changes_a_dimension_by_up_to_half():
     generator = torch.Generator().manual_seed(0)
     changes = []
     for _ in range(200):
-        affine, _ = augment.random_spatial_transform(GEOMETRY, generator, augment.STRONG_AFFINE)
+        affine, _ = augmentation.random_spatial_transform(GEOMETRY, generator, augmentation.STRONG_AFFINE)
         singular = torch.linalg.svdvals(affine[:3, :3])
         changes.append(float((singular - 1).abs().max()))
     # FIRE sec. 4.1: 20-50 % change across at least one dimension
@@ -53,10 +54,10 @@ def test_strong_affine_changes_a_dimension_by_up_to_half():
 
 def test_intensity_augmentation_stays_in_range_keeps_the_background_and_repeats_with_its_seed():
     image, mask = blob(GEOMETRY), (blob(GEOMETRY) > 0.3).float()
-    settings = augment.IntensityAugmentation()
-    first = augment.random_intensity(image, torch.Generator().manual_seed(5), settings, mask)
-    again = augment.random_intensity(image, torch.Generator().manual_seed(5), settings, mask)
-    other = augment.random_intensity(image, torch.Generator().manual_seed(6), settings, mask)
+    settings = augmentation.IntensityAugmentation()
+    first = augmentation.random_intensity(image, torch.Generator().manual_seed(5), settings, mask)
+    again = augmentation.random_intensity(image, torch.Generator().manual_seed(5), settings, mask)
+    other = augmentation.random_intensity(image, torch.Generator().manual_seed(6), settings, mask)
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert float(first.min()) >= 0 and float(first.max()) <= 1 and float(first[mask == 0].abs().max()) == 0
     assert torch.equal(image, blob(GEOMETRY))  # input untouched
@@ -66,8 +67,8 @@ def test_synthetic_contrast_gives_each_label_one_random_intensity():
     labels = torch.zeros(1, 1, 32, 48, 40, dtype=torch.int16)
     labels[..., 4:28, 6:42, 5:20] = 3
     labels[..., 4:28, 6:42, 20:35] = 7
-    quiet = augment.IntensityAugmentation(bias=0.0, gamma=0.0, noise=0.0, blur_voxels=0.0)
-    images = [augment.synthetic_contrast(labels, torch.Generator().manual_seed(seed), quiet) for seed in range(6)]
+    quiet = augmentation.IntensityAugmentation(bias=0.0, gamma=0.0, noise=0.0, blur_voxels=0.0)
+    images = [augmentation.synthetic_contrast(labels, torch.Generator().manual_seed(seed), quiet) for seed in range(6)]
     for image in images:
         assert float(image[labels == 0][:10].abs().max()) == 0  # far background stays 0
         inner3, inner7 = image[..., 8:24, 10:38, 8:17], image[..., 8:24, 10:38, 23:32]

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from conftest import assert_same_resampling, sitk_resample
 
-from dmmreg.image import Geometry, Image, read_image, write_image
+from dmmreg.geometry import Geometry
+from dmmreg.image import Image
+from dmmreg.image_io import read_image, write_image
 from dmmreg.known_warp import endpoint_error
 from dmmreg.transform_io import read_result, read_transform
 

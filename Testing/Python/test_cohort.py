@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from dmmreg.cohort import read_cohort
+from dmmreg.training.cohorts import read_cohort
 from dmmreg.errors import InputError
-from dmmreg.image import Image, write_image
-from dmmreg.training_data import load_subject
+from dmmreg.image import Image
+from dmmreg.image_io import write_image
+from dmmreg.training.pairs import load_subject
 
 
 @pytest.fixture()

@@ -16,13 +16,13 @@ import torch
 
 slicer = pytest.importorskip("slicer")
 
-from dmmreg import model_io, mrml  # noqa: E402
-from dmmreg.cohort import read_cohort  # noqa: E402
+from dmmreg import model_io
+from dmmreg.slicer import mrml  # noqa: E402
+from dmmreg.training.cohorts import read_cohort  # noqa: E402
 from dmmreg.errors import InputError  # noqa: E402
-from dmmreg.finetune_logic import (  # noqa: E402
-    FineTuningFailed, FineTuningLogic, FineTuningParameters, check_parameters, export_cohort,
-)
-from dmmreg.image import read_image  # noqa: E402
+from dmmreg.slicer.finetuning_logic import (FineTuningFailed, FineTuningLogic, FineTuningParameters,
+    check_parameters, export_cohort)  # noqa: E402
+from dmmreg.image_io import read_image  # noqa: E402
 from dmmreg.methods import available_models  # noqa: E402
 from dmmreg.methods.midir import Midir, MidirConfig  # noqa: E402
 

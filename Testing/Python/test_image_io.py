@@ -8,8 +8,9 @@ import SimpleITK as sitk
 from conftest import oblique_geometry
 
 from dmmreg.errors import InputError
-from dmmreg.image import (Geometry, Image, axial_slice, check_image, normalise_intensity, read_image, to_sitk,
-                          write_image)
+from dmmreg.geometry import Geometry
+from dmmreg.image import Image, axial_slice, check_image, normalise_intensity
+from dmmreg.image_io import read_image, to_sitk, write_image
 
 EXTENSIONS = (".nii.gz", ".nrrd", ".mha")
 

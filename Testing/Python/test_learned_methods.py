@@ -17,7 +17,7 @@ from conftest import assert_same_resampling, known_warp_case, sitk_resample, str
 
 from dmmreg import cli, model_io
 from dmmreg.errors import InputError
-from dmmreg.image import write_image
+from dmmreg.image_io import write_image
 from dmmreg.methods import LEARNED_METHODS, available_methods, available_models, method_class
 from dmmreg.methods.learned import model_grid
 from dmmreg.model_io import find_model, load_model, save_model

@@ -10,7 +10,8 @@ import torch
 from conftest import oblique_geometry
 
 from dmmreg import losses, regularisers, spatial
-from dmmreg.image import Geometry, normalise_intensity
+from dmmreg.geometry import Geometry
+from dmmreg.image import normalise_intensity
 
 SHIFTS_MM = (0.0, 1.0, 2.0, 4.0, 8.0)
 

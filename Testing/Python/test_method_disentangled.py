@@ -19,7 +19,7 @@ from dmmreg import spatial
 from dmmreg.errors import InputError
 from dmmreg.methods.disentangled import Disentangled, DisentangledConfig
 from dmmreg.methods.learned import TrainingBatch, image_tensor, onto_model_grid, warp_on_grid
-from dmmreg.training import endpoint_error, train
+from dmmreg.training.trainer import endpoint_error, train
 
 SMALL_2D = dict(rdm_channels=8, residual_blocks=1, style_downsamplings=2, mlp_channels=16, discriminator_channels=8,
                 discriminator_layers=3, discriminator_scales=2, registration_encoder=(8, 16, 16, 16),

@@ -15,7 +15,7 @@ from dmmreg import spatial
 from dmmreg.methods import method_class
 from dmmreg.methods.fire import Fire, FireConfig, affine_from_normalised, normalised_to_mm
 from dmmreg.methods.learned import TrainingBatch, compose_maps, warp_on_grid
-from dmmreg.training import endpoint_error, train
+from dmmreg.training.trainer import endpoint_error, train
 
 # fewer channels and residual blocks than the paper, so one 2D update takes ~0.13 s of one core
 SMALL = dict(synthesis_channels=(4, 8, 16), resnet_blocks=1, nonrigid_channels=8)

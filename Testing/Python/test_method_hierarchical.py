@@ -18,7 +18,7 @@ from dmmreg.losses import mean_squared_error, mutual_information
 from dmmreg.methods import method_class
 from dmmreg.methods.hierarchical import TERM_WEIGHTS, HierarchicalConfig, HierarchicalRegistration
 from dmmreg.methods.learned import TrainingBatch, compose_maps, warp_on_grid
-from dmmreg.training import endpoint_error, train
+from dmmreg.training.trainer import endpoint_error, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -21,7 +21,7 @@ from dmmreg import spatial
 from dmmreg.errors import InputError
 from dmmreg.methods.learned import warp_on_grid
 from dmmreg.methods.midir import Midir, MidirConfig
-from dmmreg.training import endpoint_error, train
+from dmmreg.training.trainer import endpoint_error, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -186,7 +186,7 @@ def _input_sensitivity(model: Midir, shape: tuple[int, int], control_point: tupl
 
 
 def spatial_geometry(shape):
-    from dmmreg.image import Geometry
+    from dmmreg.geometry import Geometry
 
     return Geometry(tuple(reversed(shape)), (2.0, 2.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
 

@@ -13,10 +13,11 @@ from conftest import assert_gradients_reach, mean_loss, stroke_slice_2d
 from dmmreg import spatial
 from dmmreg.errors import InputError
 from dmmreg.methods import method_class
-from dmmreg.methods.variational import VariationalConfig, VariationalRegistration, relative_parallel_level_sets
+from dmmreg.methods.variational import (VariationalConfig, VariationalRegistration,
+    relative_parallel_level_sets)
 from dmmreg.model_io import load_model, save_model
-from dmmreg.training import endpoint_error, train
-from dmmreg.training_data import known_warp_batch
+from dmmreg.training.trainer import endpoint_error, train
+from dmmreg.training.pairs import known_warp_batch
 
 TERMS = {"similarity", "first_order", "second_order", "jacobian", "total"}
 # networks for the shape and gradient tests (fewer channels than the paper's, so they are fast)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from dmmreg import metrics, spatial
-from dmmreg.image import Geometry, read_image
+from dmmreg.geometry import Geometry
+from dmmreg.image_io import read_image
 from dmmreg.known_warp import KnownWarpSettings, deform, random_known_warp
 from dmmreg.result import RegistrationResult
 

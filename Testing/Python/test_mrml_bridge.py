@@ -1,4 +1,4 @@
-"""MRML bridge (dmmreg.mrml) on a real slicer-core scene and real, oblique MRI.
+"""MRML bridge (dmmreg.slicer.mrml) on a real slicer-core scene and real, oblique MRI.
 
 Checks the RAS/LPS conventions against Slicer's own file reader and writer, and that result
 transforms applied by Slicer (hardening, storage) agree with SimpleITK's resampling."""
@@ -13,9 +13,11 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 sitk = pytest.importorskip("SimpleITK")
 
-from dmmreg import mrml  # noqa: E402
+from dmmreg.slicer import mrml  # noqa: E402
 from dmmreg.errors import InputError  # noqa: E402
-from dmmreg.image import Geometry, Image, read_image, to_sitk  # noqa: E402
+from dmmreg.geometry import Geometry
+from dmmreg.image import Image
+from dmmreg.image_io import read_image, to_sitk  # noqa: E402
 from dmmreg.known_warp import KnownWarpSettings, random_known_warp  # noqa: E402
 from dmmreg.transform_io import read_result, to_sitk_transform  # noqa: E402
 

@@ -17,7 +17,9 @@ import pytest
 from conftest import KnownWarpCase, assert_same_resampling, folding_percent, known_warp_case, sitk_resample
 
 from dmmreg import metrics
-from dmmreg.image import Geometry, Image, read_image, write_image
+from dmmreg.geometry import Geometry
+from dmmreg.image import Image
+from dmmreg.image_io import read_image, write_image
 from dmmreg.registration import register_pair
 from dmmreg.result import RegistrationResult
 from dmmreg.transform_io import read_transform, write_transform

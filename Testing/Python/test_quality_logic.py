@@ -1,4 +1,4 @@
-"""Quality inspection logic (dmmreg.quality_logic) on a real slicer-core scene and the bundled
+"""Quality inspection logic (dmmreg.slicer.quality_logic) on a real slicer-core scene and the bundled
 stroke MRI (T1 resampled to 3 mm, oblique grid, so the tests stay fast).
 
 Every measure is checked against a number known independently: the determinant of a known
@@ -22,10 +22,12 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
 from conftest import affine_about_centre, physical_coordinates  # noqa: E402
 
-from dmmreg import metrics, mrml, spatial  # noqa: E402
-from dmmreg import quality_logic as quality  # noqa: E402
+from dmmreg import metrics, spatial
+from dmmreg.slicer import mrml  # noqa: E402
+from dmmreg.slicer import quality_logic as quality  # noqa: E402
 from dmmreg.errors import InputError  # noqa: E402
-from dmmreg.image import Geometry, Image  # noqa: E402
+from dmmreg.geometry import Geometry
+from dmmreg.image import Image  # noqa: E402
 from dmmreg.known_warp import KnownWarpSettings, random_known_warp  # noqa: E402
 from dmmreg.result import RegistrationResult  # noqa: E402
 

@@ -80,8 +80,8 @@ def test_cmake_builds_every_module_each_file_once(tmp_path):
     duplicates = sorted({path for path in listed if listed.count(path) > 1})
     assert not duplicates, f"files copied by two module targets (conflicting build rules): {duplicates}"
     # the shared Lib package is shipped (once), with the quality logic the Quality module imports
-    assert "dmmreg/quality_logic.py" in modules["DeepMultiModalReg"]["scripts"]
-    assert "dmmreg/quality_testing.py" in modules["DeepMultiModalReg"]["scripts"]
+    assert "dmmreg/slicer/quality_logic.py" in modules["DeepMultiModalReg"]["scripts"]
+    assert "dmmreg/slicer/selftest/quality_scene.py" in modules["DeepMultiModalReg"]["scripts"]
     # the icon the Quality module reuses is shipped
     assert "Resources/Icons/DeepMultiModalReg.png" in modules["DeepMultiModalReg"]["resources"]
     assert sorted(unittests) == sorted(f"{name}.py" for name in MODULES)
@@ -146,9 +146,9 @@ def test_the_self_test_case_jacobian_is_the_determinant():
     """What the self-test asserts, on slicer-core: an affine's Jacobian is its determinant."""
     slicer = pytest.importorskip("slicer")
     pytest.importorskip("torch")
-    from dmmreg import quality_logic
+    from dmmreg.slicer import quality_logic
     from dmmreg.errors import InputError
-    from dmmreg.quality_testing import SCALES, affine_test_scene, jacobian_error
+    from dmmreg.slicer.selftest.quality_scene import SCALES, affine_test_scene, jacobian_error
 
     scene = slicer.vtkMRMLScene()
     case = affine_test_scene(scene)

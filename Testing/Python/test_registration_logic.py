@@ -27,16 +27,14 @@ import torch
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 sitk = pytest.importorskip("SimpleITK")
 
-from dmmreg import mrml  # noqa: E402
-from dmmreg.background import BackgroundProcess, parse_progress_line  # noqa: E402
+from dmmreg.slicer import mrml  # noqa: E402
+from dmmreg.slicer.background import BackgroundProcess, parse_progress_line  # noqa: E402
 from dmmreg.errors import InputError  # noqa: E402
-from dmmreg.image import Geometry, Image, from_sitk, read_image, to_sitk  # noqa: E402
-from dmmreg.slicer_logic import (  # noqa: E402
-    RegistrationFailed,
-    RegistrationLogic,
-    RegistrationParameters,
-    device_choices,
-)
+from dmmreg.geometry import Geometry
+from dmmreg.image import Image
+from dmmreg.image_io import from_sitk, read_image, to_sitk  # noqa: E402
+from dmmreg.slicer.registration_logic import (RegistrationFailed, RegistrationLogic, RegistrationParameters,
+    device_choices)  # noqa: E402
 
 DATA = Path(__file__).parents[3] / "shared" / "data"
 STROKE = DATA / "brain-multicontrast" / "stroke"

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import STROKE
-from dmmreg.cohort import Subject
+from dmmreg.training.cohorts import Subject
 from dmmreg.errors import InputError
 from dmmreg.methods.midir import Midir, MidirConfig
-from dmmreg.registration_validation import registration_cases, validate_registration
-from dmmreg.training import Trainer
-from dmmreg.training_jobs import TrainingJob, run_job
+from dmmreg.training.validation import registration_cases, validate_registration
+from dmmreg.training.trainer import Trainer
+from dmmreg.training.jobs import TrainingJob, run_job
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,8 +63,8 @@ def test_cases_need_the_asked_contrasts(stroke_subject):
 
 
 def test_trainer_keeps_the_weights_best_at_the_whole_registration(cohort_folder):
-    from dmmreg.cohort import read_cohort
-    from dmmreg.training_data import PairSampler, PairSettings, load_cohort
+    from dmmreg.training.cohorts import read_cohort
+    from dmmreg.training.pairs import PairSampler, PairSettings, load_cohort
 
     model = tiny_model(dim=2)
     volumes = load_cohort(read_cohort(cohort_folder), 8.0, 8.0)
@@ -78,9 +78,9 @@ def test_trainer_keeps_the_weights_best_at_the_whole_registration(cohort_folder)
 
 
 def test_a_stage_keeps_the_weights_it_started_from_when_no_epoch_beats_them(cohort_folder):
-    from dmmreg.cohort import read_cohort
+    from dmmreg.training.cohorts import read_cohort
     from dmmreg.methods.hierarchical import HierarchicalConfig, HierarchicalRegistration
-    from dmmreg.training_data import PairSampler, PairSettings, load_cohort
+    from dmmreg.training.pairs import PairSampler, PairSettings, load_cohort
 
     torch.manual_seed(0)
     model = HierarchicalRegistration(HierarchicalConfig(dim=2, spacing_mm=8.0, encoder=(4, 8, 8, 8), decoder=(8, 8, 8)))

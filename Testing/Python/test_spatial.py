@@ -9,7 +9,7 @@ import torch
 from conftest import affine_about_centre, oblique_geometry, physical_coordinates, sitk_resample
 
 from dmmreg import spatial
-from dmmreg.image import Geometry
+from dmmreg.geometry import Geometry
 from dmmreg.result import RegistrationResult
 
 

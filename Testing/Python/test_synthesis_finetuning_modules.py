@@ -1,6 +1,6 @@
 """The Synthesis Preview and Model Fine-tuning modules beyond what test_module_ui.py and
 test_quality_module.py check for every module: their self-tests' cases hold on slicer-core
-(dmmreg.synthesis_testing, dmmreg.finetune_testing), the scene cohort grouping and the panel's
+(dmmreg.slicer.selftest.synthesis_scene, dmmreg.slicer.selftest.finetuning_scene), the scene cohort grouping and the panel's
 parameters, and how the widget code runs, cancels and displays (read from the source)."""
 
 from __future__ import annotations
@@ -14,18 +14,12 @@ from test_quality_module import cmake_calls
 
 slicer = pytest.importorskip("slicer")
 
-from dmmreg import scene_cohort, synthesis_logic  # noqa: E402
+from dmmreg.slicer import scene_cohort, synthesis_logic  # noqa: E402
 from dmmreg.errors import InputError  # noqa: E402
-from dmmreg.finetune_logic import FineTuningLogic, check_parameters  # noqa: E402
-from dmmreg.finetune_testing import cohort_test_scene, parameter_cases  # noqa: E402
-from dmmreg.synthesis_testing import (  # noqa: E402
-    OPACITY,
-    TILE_MM,
-    checkerboard_problems,
-    display_test_scene,
-    fade_problems,
-    side_by_side_problems,
-)
+from dmmreg.slicer.finetuning_logic import FineTuningLogic, check_parameters  # noqa: E402
+from dmmreg.slicer.selftest.finetuning_scene import cohort_test_scene, parameter_cases  # noqa: E402
+from dmmreg.slicer.selftest.synthesis_scene import (OPACITY, TILE_MM, checkerboard_problems,
+    display_test_scene, fade_problems, side_by_side_problems)  # noqa: E402
 
 
 def method_body(text: str, name: str) -> str:
@@ -35,8 +29,8 @@ def method_body(text: str, name: str) -> str:
 def test_cmake_ships_the_helpers_of_the_new_modules(tmp_path):
     modules, _ = cmake_calls(tmp_path)
     shared = modules["DeepMultiModalReg"]["scripts"]
-    for path in ("dmmreg/synthesis_logic.py", "dmmreg/synthesis_testing.py", "dmmreg/finetune_logic.py",
-                 "dmmreg/finetune_testing.py", "dmmreg/scene_cohort.py"):
+    for path in ("dmmreg/slicer/synthesis_logic.py", "dmmreg/slicer/selftest/synthesis_scene.py", "dmmreg/slicer/finetuning_logic.py",
+                 "dmmreg/slicer/selftest/finetuning_scene.py", "dmmreg/slicer/scene_cohort.py"):
         assert path in shared
     assert modules["DeepMultiModalRegSynthesis"]["scripts"] == ["DeepMultiModalRegSynthesis.py"]
     assert modules["DeepMultiModalRegFineTuning"]["scripts"] == ["DeepMultiModalRegFineTuning.py"]
@@ -82,7 +76,7 @@ def test_synthesis_self_test_bad_inputs_raise_on_slicer_core():
 
 def test_synthesis_widget_runs_in_the_background_and_displays_live():
     text = module_file("DeepMultiModalRegSynthesis").read_text(encoding="utf-8")
-    shared = widget_helpers_text()  # the mixins of dmmreg.slicer_widget the widget uses
+    shared = widget_helpers_text()  # the mixins of dmmreg.slicer.widgets the widget uses
     assert {"BackgroundRun", "DeviceChoice", "MethodModelChoice"} <= set(widget_base_names("DeepMultiModalRegSynthesis"))
     apply = method_body(text, "onApplyButton")
     assert "self._mayStartRun()" in apply and "self.logic.synthesis.start(" in apply and "except InputError" in apply

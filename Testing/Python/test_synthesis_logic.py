@@ -18,20 +18,16 @@ import torch
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
-from dmmreg import mrml  # noqa: E402
+from dmmreg.slicer import mrml  # noqa: E402
 from dmmreg.errors import InputError  # noqa: E402
-from dmmreg.image import Geometry, Image, read_image, write_image  # noqa: E402
+from dmmreg.geometry import Geometry
+from dmmreg.image import Image
+from dmmreg.image_io import read_image, write_image  # noqa: E402
 from dmmreg.methods.fire import Fire, FireConfig  # noqa: E402
 from dmmreg.model_io import save_model  # noqa: E402
 from dmmreg.synthesis import normalised_mutual_information, structural_similarity  # noqa: E402
-from dmmreg.synthesis_logic import (  # noqa: E402
-    SynthesisLogic,
-    SynthesisParameters,
-    checkerboard,
-    show_checkerboard,
-    show_fade,
-    show_side_by_side,
-)
+from dmmreg.slicer.synthesis_logic import (SynthesisLogic, SynthesisParameters, checkerboard,
+    show_checkerboard, show_fade, show_side_by_side)  # noqa: E402
 
 SMALL = dict(synthesis_channels=(4, 8, 16), resnet_blocks=1, nonrigid_channels=8)
 KEYS = {"moving_in_fixed_contrast", "fixed_in_moving_contrast"}

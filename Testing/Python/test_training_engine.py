@@ -16,13 +16,13 @@ import torch
 from safetensors.torch import load_file
 
 from dmmreg import model_io
-from dmmreg.cohort import read_cohort
+from dmmreg.training.cohorts import read_cohort
 from dmmreg.errors import InputError
 from dmmreg.methods.disentangled import Disentangled, DisentangledConfig
 from dmmreg.methods.midir import Midir, MidirConfig
-from dmmreg.training import Cancelled, Trainer, validate
-from dmmreg.training_data import PairSampler, PairSettings, load_cohort
-from dmmreg.training_jobs import TrainingJob, cancel_on_signals, resume_job, run_job
+from dmmreg.training.trainer import Cancelled, Trainer, validate
+from dmmreg.training.pairs import PairSampler, PairSettings, load_cohort
+from dmmreg.training.jobs import TrainingJob, cancel_on_signals, resume_job, run_job
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

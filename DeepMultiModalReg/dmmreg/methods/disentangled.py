@@ -74,11 +74,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import losses, regularisers
-from ..image import Geometry
+from ..geometry import Geometry
 from ..networks.disentangled_nets import (ContentEncoder, Generator, MultiScaleDiscriminator,
-                                          RegistrationNetwork, StyleEncoder)
+    RegistrationNetwork, StyleEncoder)
 from .learned import (LearnedMethod, ModelConfig, Prediction, TrainingBatch, index_to_physical_vectors,
-                      registration_function, warp_on_grid)
+    registration_function, warp_on_grid)
 
 DOMAINS = ("x", "y")  # x: the moving images' contrast, y: the fixed images' (the paper's x, y)
 

@@ -36,7 +36,7 @@ points to fixed points, the inverse map ``T^-1(q) = A_BA(q + u_BA(q))`` of the p
 inverse_displacement) and the synthesised images F_AB(G(x_A)) ("moving_in_fixed_contrast") and
 F_BA(G(x_B)) ("fixed_in_moving_contrast").  Both networks are 2D or 3D by ``config.dim``; 4D
 (cine) data (sec. 4.2) are registered frame by frame by the Slicer sequence logic
-(:class:`dmmreg.slicer_logic.SequenceRegistrationRun`), as the paper's 4D experiment registers
+(:class:`dmmreg.slicer.registration_logic.SequenceRegistrationRun`), as the paper's 4D experiment registers
 3D phases to the first phase (sec. 5.3).
 
 Geometry.  G works at a quarter of the model-grid resolution (two stride-2 blocks).  Its
@@ -86,7 +86,7 @@ Reconstructed formulas and open details
   reflection padding) and instance norm has learned scale and shift.
 * Adam's other settings are not given: PyTorch defaults.  The RMS terms use the whole model
   grid (the paper uses no masks).  The 144,000 iterations of the paper are a training-script
-  choice (:func:`dmmreg.training.train`), not part of the model.
+  choice (:func:`dmmreg.training.trainer.train`), not part of the model.
 """
 
 from __future__ import annotations
@@ -99,10 +99,10 @@ import torch
 from torch import nn
 
 from .. import losses, regularisers, spatial
-from ..image import Geometry
+from ..geometry import Geometry
 from ..networks.fire_nets import AffineSubnet, NonrigidSubnet, SynthesisDecoder, SynthesisEncoder
-from .learned import (LearnedMethod, ModelConfig, Prediction, TrainingBatch, affine_from_parameters, compose_maps,
-                      index_to_physical_vectors, registration_function, warp_on_grid)
+from .learned import (LearnedMethod, ModelConfig, Prediction, TrainingBatch, affine_from_parameters,
+    compose_maps, index_to_physical_vectors, registration_function, warp_on_grid)
 
 
 @dataclass

@@ -67,12 +67,12 @@ import torch
 
 from .. import spatial
 from ..errors import InputError
-from ..image import Geometry
+from ..geometry import Geometry
 from ..losses import mean_squared_error, mutual_information
 from ..networks.unet import UNet
 from ..regularisers import diffusion
 from .learned import (LearnedMethod, ModelConfig, Prediction, TrainingBatch, index_to_physical_vectors,
-                      registration_function, warp_on_grid)
+    registration_function, warp_on_grid)
 
 
 @dataclass

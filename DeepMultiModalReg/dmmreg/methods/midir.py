@@ -101,11 +101,11 @@ from torch import nn
 
 from .. import losses, regularisers, spatial
 from ..errors import InputError
-from ..image import Geometry
+from ..geometry import Geometry
 from ..networks.layers import ConvBlock, conv, make_activation, sample_feature_points, small_init
 from ..networks.unet import UNet
 from .learned import (LearnedMethod, ModelConfig, Prediction, TrainingBatch, index_to_physical_vectors,
-                      registration_function, warp_on_grid)
+    registration_function, warp_on_grid)
 
 SIMILARITIES = ("nmi", "lncc")
 

@@ -32,7 +32,8 @@ import torch
 
 from .. import losses, regularisers, spatial
 from ..errors import InputError
-from ..image import Geometry, Image, normalise_intensity
+from ..geometry import Geometry
+from ..image import Image, normalise_intensity
 from ..result import RegistrationResult
 
 ProgressCallback = Callable[[str, float, str], None]

@@ -96,11 +96,11 @@ from torch import nn
 
 from .. import losses, regularisers, spatial
 from ..errors import InputError
-from ..image import Geometry
+from ..geometry import Geometry
 from ..networks.layers import ConvBlock, conv, max_pool, small_init, upsample_to
 from ..networks.unet import UNet
 from .learned import (LearnedMethod, ModelConfig, Prediction, TrainingBatch, index_to_physical_vectors,
-                      registration_function, warp_on_grid)
+    registration_function, warp_on_grid)
 
 NETWORKS = ("lunet", "sn")
 SIMILARITIES = ("pls", "correlation")

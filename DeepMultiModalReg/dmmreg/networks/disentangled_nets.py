@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from .layers import ConvBlock, ResidualBlock, conv, conv_transpose, instance_norm, make_activation, small_init, upsample_to
+from .layers import (ConvBlock, ResidualBlock, conv, conv_transpose, instance_norm, make_activation,
+    small_init, upsample_to)
 
 
 def adaptive_instance_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

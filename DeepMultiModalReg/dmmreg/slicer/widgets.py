@@ -11,7 +11,7 @@ Qt (``qt``) and ``slicer`` are imported inside the functions, which run only in 
 
 from __future__ import annotations
 
-from .errors import InputError
+from ..errors import InputError
 
 
 class ParameterNodeBinding:
@@ -197,14 +197,14 @@ class BackgroundRun:
 class DeviceChoice:
     """Mix into a module widget with ``ui.deviceComboBox`` and a ``device`` parameter: the
     device choices (``auto``, ``cpu`` and the GPUs a background probe finds; see
-    :func:`dmmreg.slicer_logic.device_choices`).  ``setup`` calls :meth:`_setupDevices`; the
+    :func:`dmmreg.slicer.registration_logic.device_choices`).  ``setup`` calls :meth:`_setupDevices`; the
     probe's answer is read by :meth:`_pollGpuProbe` (from :meth:`BackgroundRun.onTimer`)."""
 
     _gpuProbe = None
 
     def _setupDevices(self) -> None:
         """The devices known without a GPU now, the probe started, the chooser connected."""
-        from .slicer_logic import start_gpu_probe
+        from .registration_logic import start_gpu_probe
 
         self._fillDevices(None)
         self._gpuProbe = start_gpu_probe()
@@ -217,7 +217,7 @@ class DeviceChoice:
             self._gpuProbe = None
 
     def _fillDevices(self, probeOutput) -> None:
-        from .slicer_logic import device_choices
+        from .registration_logic import device_choices
 
         current = self._parameterNode.device if self._parameterNode else "auto"
         self.ui.deviceComboBox.clear()
@@ -248,7 +248,7 @@ class MethodModelChoice:
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
 
     def _fillMethods(self) -> None:
-        from .methods import available_methods
+        from ..methods import available_methods
 
         self._methodSummaries = {name: summary for name, summary in available_methods()
                                  if self.METHODS is None or name in self.METHODS}
@@ -268,7 +268,7 @@ class MethodModelChoice:
         """Trained models of ``method`` (if the backend lists any), their summaries as tooltips."""
         import qt
 
-        from . import methods
+        from .. import methods
 
         models = methods.available_models(method) if method else []
         self.ui.modelComboBox.clear()

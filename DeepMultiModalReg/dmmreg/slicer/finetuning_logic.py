@@ -32,18 +32,20 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import model_io, mrml
+from .. import model_io
+from . import mrml
 from .background import Progress
-from .cohort import RESERVED
-from .errors import InputError
-from .image import Image, check_image, write_image
-from .slicer_logic import DEVICES, BackgroundRun, start_backend
+from ..training.cohorts import RESERVED
+from ..errors import InputError
+from ..image import Image, check_image
+from ..image_io import write_image
+from .registration_logic import DEVICES, BackgroundRun, start_backend
 
 #: Seconds ``cancel()`` waits for the backend to finish its update and write its checkpoint
 #: before it ends the process tree (one 3D update plus a validation on a CPU can take minutes).
 CANCEL_GRACE_SECONDS = 300.0
 #: The contrast name the backend gives images drawn from a subject's label map
-#: (``dmmreg.training_data.SYNTHETIC``; that module imports torch).
+#: (``dmmreg.training.pairs.SYNTHETIC``; that module imports torch).
 SYNTHETIC = "synthetic"
 #: Sub-folder of the run folder holding the cohort exported from scene volumes.
 EXPORTED_COHORT = "cohort"
@@ -61,7 +63,7 @@ class FineTuningParameters:
     """Everything a fine-tuning needs; the module's parameter node holds the same fields.
 
     * ``base_model``: a model name (bundled or user, see ``dmmreg models``) or a ``.safetensors``/``.json`` path.
-    * The data: either ``cohort`` (a cohort folder or CSV, see :mod:`dmmreg.cohort`) or
+    * The data: either ``cohort`` (a cohort folder or CSV, see :mod:`dmmreg.training.cohorts`) or
       ``subjects`` = ``{subject: {contrast: scalar volume node}}`` with optional ``labels`` =
       ``{subject: label map volume node}`` (on the grid of that subject's first volume).
     * ``name``: of the new model (written as ``NAME.safetensors`` + ``NAME.json`` in the user folder).
@@ -188,7 +190,7 @@ def _label_image(node) -> Image:
 
 
 def _file_subjects(cohort: str) -> tuple[dict[str, list[str]], set[str]]:
-    from .cohort import read_cohort
+    from ..training.cohorts import read_cohort
 
     read = read_cohort(cohort)
     return {s.name: list(s.images) for s in read.subjects}, {s.name for s in read.subjects if s.labels is not None}
@@ -264,7 +266,7 @@ def check_parameters(parameters: FineTuningParameters) -> FineTuningInputs:
 def export_cohort(subjects: dict, labels: dict | None, folder: str | os.PathLike) -> Path:
     """Write ``{subject: {contrast: volume node}}`` (and ``{subject: label map node}``) unchanged,
     as ``folder/SUBJECT/CONTRAST.nii.gz`` and ``folder/SUBJECT/labels.nii.gz``: a cohort folder
-    that :func:`dmmreg.cohort.read_cohort` reads.  Geometry as displayed (LPS), voxel type kept."""
+    that :func:`dmmreg.training.cohorts.read_cohort` reads.  Geometry as displayed (LPS), voxel type kept."""
     folder = Path(folder)
     for subject, volumes in subjects.items():
         for contrast, node in volumes.items():
@@ -400,7 +402,7 @@ class FineTuningRun(BackgroundRun):
     @property
     def checkpoint(self) -> Path | None:
         """The run folder's ``checkpoint.json`` (``None`` before the first one)."""
-        from .training import CHECKPOINT
+        from ..training.trainer import CHECKPOINT
 
         path = self.run_folder / CHECKPOINT
         return path if path.exists() else None
@@ -486,6 +488,6 @@ class FineTuningLogic:
     @staticmethod
     def run_to_end(run: FineTuningRun, on_progress=None, poll_seconds: float = 0.1) -> FineTuningOutputs:
         """Follow ``run`` until it ends (for scripts and tests), then return its outputs."""
-        from .slicer_logic import RegistrationLogic
+        from .registration_logic import RegistrationLogic
 
         return RegistrationLogic.run_to_end(run, on_progress, poll_seconds)

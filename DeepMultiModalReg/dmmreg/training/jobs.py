@@ -2,8 +2,8 @@
 
 A :class:`TrainingJob` says what to train (method, config, or a base model to fine-tune), on
 what (cohorts, contrasts, held-out validation subjects, augmentation) and for how long.
-:func:`run_job` loads the cohorts, draws pairs (:mod:`dmmreg.training_data`), trains with the
-shared :class:`~dmmreg.training.Trainer` and writes the model with a card recording the data,
+:func:`run_job` loads the cohorts, draws pairs (:mod:`dmmreg.training.pairs`), trains with the
+shared :class:`~dmmreg.training.trainer.Trainer` and writes the model with a card recording the data,
 steps, time and the measured validation numbers (before and after, on the held-out pairs).
 
 The job is saved as ``job.json`` in its run folder beside the checkpoints, so
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from . import augment
-from .cohort import Cohort, read_cohort
-from .errors import InputError
-from .model_io import check_new_model_path, load_model, find_model, save_model, user_models_folder
-from .training import Trainer
-from .training_data import PairSampler, PairSettings, load_cohort
+from . import augmentation
+from .cohorts import Cohort, read_cohort
+from ..errors import InputError
+from ..model_io import check_new_model_path, load_model, find_model, save_model, user_models_folder
+from .trainer import Trainer
+from .pairs import PairSampler, PairSettings, load_cohort
 
 JOB_FILE = "job.json"
 
@@ -47,7 +47,7 @@ class TrainingJob:
       ``registration_cases``: also validate by the whole registration of that many full-resolution
       known-warp cases of the held-out subjects (with none, of the training subjects: warps drawn
       at full resolution, not among the training pairs; axial slices for 2D models;
-      :mod:`dmmreg.registration_validation`), whose endpoint error then chooses the best weights
+      :mod:`dmmreg.training.validation`), whose endpoint error then chooses the best weights
       (0: off).
     * ``steps``: updates per stage (``{stage: n}``) or one number for every stage;
       ``epoch_steps``: updates between validations and checkpoints.
@@ -59,7 +59,7 @@ class TrainingJob:
       ``learning_rate_decay_steps``: drop the rates to a tenth every that many updates of a stage;
       ``max_gradient_norm``: clip each optimiser's gradients to this norm (None: no clipping).
     * ``loss``: ``"paper"`` (the method's own) or ``"known-warp"`` (supervised by the pairs'
-      known warps, :func:`dmmreg.training.known_warp_terms`; a curriculum's first phases).
+      known warps, :func:`dmmreg.training.trainer.known_warp_terms`; a curriculum's first phases).
     """
 
     method: str
@@ -111,7 +111,7 @@ def output_path(job: TrainingJob) -> Path:
 
 
 def _make_model(job: TrainingJob, device):
-    from .methods import method_class
+    from ..methods import method_class
 
     if job.base_model:
         model, card = load_model(find_model(job.method, job.config.get("dim", 3), job.base_model), device=device)
@@ -165,7 +165,7 @@ def run_job(job: TrainingJob, run_folder: str | Path | None = None, progress=Non
     """Train (or fine-tune) as ``job`` says; returns the new model's card path.
 
     ``run_folder``: checkpoints and ``job.json`` (resumable; default: none); ``cancel()``: polled
-    after each update, raises :class:`~dmmreg.training.Cancelled` after a checkpoint, and no model
+    after each update, raises :class:`~dmmreg.training.trainer.Cancelled` after a checkpoint, and no model
     file is written; ``allow_bundled``: let ``job.output`` be in ``models/`` (the bundling script)."""
     report = progress or (lambda *args, **kwargs: None)
     target = output_path(job)
@@ -181,15 +181,15 @@ def run_job(job: TrainingJob, run_folder: str | Path | None = None, progress=Non
     cfg = model.config
     volumes = load_cohort(training, cfg.spacing_mm, cfg.margin_mm, report, align_contrasts=job.align_contrasts)
     spatial = job.spatial or ("strong" if model.predicts_affine else "residual")
-    if spatial not in augment.SPATIAL_PRESETS:
-        raise InputError(f"spatial augmentation {spatial!r}: choose {', '.join(augment.SPATIAL_PRESETS)}")
+    if spatial not in augmentation.SPATIAL_PRESETS:
+        raise InputError(f"spatial augmentation {spatial!r}: choose {', '.join(augmentation.SPATIAL_PRESETS)}")
     settings = PairSettings(
         dim=cfg.dim,
         contrast_pairs=None if job.contrast_pairs is None else tuple(tuple(c.lower() for c in p) for p in job.contrast_pairs),
         synthetic=job.synthetic,
         across_subjects=job.across_subjects,
-        spatial=augment.SPATIAL_PRESETS[spatial],
-        intensity=augment.IntensityAugmentation() if job.intensity else None,
+        spatial=augmentation.SPATIAL_PRESETS[spatial],
+        intensity=augmentation.IntensityAugmentation() if job.intensity else None,
     )
     keep = {s.name for s in training.subjects}
     sampler = PairSampler(volumes, settings, [w for s, w in zip(cohort.subjects, weights) if s.name in keep])
@@ -203,7 +203,7 @@ def run_job(job: TrainingJob, run_folder: str | Path | None = None, progress=Non
 
     cases = []
     if job.registration_cases > 0:  # without held-out subjects: full-resolution warps of the training ones
-        from .registration_validation import registration_cases, validate_registration
+        from .validation import registration_cases, validate_registration
 
         cases = registration_cases((held_out if held_out.subjects else training).subjects, settings.contrast_pairs,
                                    job.registration_cases, model, progress=report)

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import spatial
-from .image import Geometry
+from .. import spatial
+from ..geometry import Geometry
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
-from .image import Geometry, Image
+from ..errors import InputError
+from ..geometry import Geometry
+from ..image import Image
 
 #: LPS <-> RAS flip, as a homogeneous matrix (its own inverse).
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -586,7 +587,7 @@ def result_on_planes(result, fixed_plane: Plane, moving_plane: Plane, fixed_geom
 
     ``T3 = P_m T2 P_f^-1``: the field lives in the fixed plane (constant along its normal), the
     affine becomes ``P_m A2 P_f^-1``."""
-    from .result import RegistrationResult
+    from ..result import RegistrationResult
 
     affine = moving_plane.lps_from_plane @ _embed_3d(result.affine) @ np.linalg.inv(fixed_plane.lps_from_plane)
     fields = {}

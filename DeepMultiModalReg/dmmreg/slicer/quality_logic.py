@@ -1,7 +1,7 @@
 """Logic of the Quality inspection module: how good is a registration, for *any* transform node
 in the scene (ours or another tool's: linear, grid, B-spline or a composite of them).
 
-Conventions (those of :mod:`dmmreg.mrml`):
+Conventions (those of :mod:`dmmreg.slicer.mrml`):
 
 * The evaluated transform is the *resampling* transform of ``transform_node``: Slicer's
   FromParent direction, taken over the node's whole parent chain (``GetTransformFromWorld``).
@@ -35,8 +35,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import mrml
-from .errors import InputError
-from .image import Geometry, Image, atomic_write
+from ..errors import InputError
+from ..geometry import Geometry
+from ..image import Image
+from ..files import atomic_write
 
 
 #: Name of the shared colour table of Jacobian-determinant volumes.
@@ -191,7 +193,7 @@ def _jacobian_on_slab(transform_node, geometry: Geometry) -> Image:
     """:func:`jacobian_determinant_on` computed on :func:`_slab` of ``geometry``."""
     import torch
 
-    from . import spatial
+    from .. import spatial
 
     slab = _slab(geometry)
     displacement = mrml.sampled_displacement_lps(resampling_transform(transform_node), slab)
@@ -271,7 +273,7 @@ def jacobian_volume(scene, transform_node, reference_volume_node, mask_node=None
     :func:`dmmreg.metrics.jacobian_statistics`: ``folding_percent`` (% of voxels with J <= 0),
     ``sdlogj``, ``min``, ``max``, ``mean``, ``mean_abs_grad_j`` (mm^-1), plus ``voxels``.  The
     node has the Jacobian colour map (centred on 1) and ``DeepMultiModalReg.*`` attributes."""
-    from . import metrics
+    from .. import metrics
 
     _check_transform(transform_node)
     geometry = reference_geometry(reference_volume_node, transform_node)
@@ -459,7 +461,7 @@ def warp_labels(labels: Labels, transform_node, fixed_geometry: Geometry) -> np.
 
     The transform is sampled on the fixed grid and applied with
     :meth:`RegistrationResult.warp`, the backend's (and SimpleITK's) resampling."""
-    from .result import RegistrationResult
+    from ..result import RegistrationResult
 
     displacement = mrml.sampled_displacement_lps(resampling_transform(transform_node), fixed_geometry)
     result = RegistrationResult(fixed_geometry, labels.image.geometry, np.eye(4), fixed_geometry, displacement)
@@ -477,7 +479,7 @@ def _planar(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geometry
 def overlap_per_label(fixed: Labels, warped: np.ndarray) -> list[dict]:
     """Rows ``{label, name, dice, hd95_mm, fixed_voxels, warped_voxels}`` for every label present
     in the fixed map (HD95: ``inf`` when the label is missing from the warped map)."""
-    from . import metrics
+    from .. import metrics
 
     present = fixed.present
     fixed_array, geometry = _planar(fixed.image.array, fixed.image.geometry)
@@ -577,7 +579,7 @@ def inverse_consistency(scene, forward_node, inverse_node, reference_volume_node
     Returns ``(volume_node, stats)``; the volume is nan outside ``mask_node`` (labelmap on the
     reference grid or segmentation), ``stats``: ``mean_mm``, ``p95_mm``, ``max_mm`` and
     ``voxels`` over the mask (default the whole grid)."""
-    from . import metrics
+    from .. import metrics
 
     _check_transform(forward_node, "forward transform")
     _check_transform(inverse_node, "inverse transform")
@@ -637,7 +639,7 @@ def landmark_error(scene, fixed_points_node, moving_points_node, transform_node)
 
     Returns ``(table_node, stats)``; the table has one row per pair (Index, Fixed label, Moving
     label, Error (mm)), ``stats``: ``count``, ``mean_mm``, ``median_mm``, ``max_mm``."""
-    from . import metrics
+    from .. import metrics
 
     _check_transform(transform_node)
     if fixed_points_node is not None:
@@ -783,7 +785,7 @@ def save_jacobian_picture(jacobian_volume_node, path: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    from .picture import _slices
+    from ..picture import _slices
 
     volume = mrml._voxel_array(jacobian_volume_node)
     if volume.shape[0] == 1:

@@ -25,8 +25,10 @@ import numpy as np
 
 from . import mrml
 from .background import BackgroundProcess, Progress
-from .errors import InputError
-from .image import Image, check_image, physical_overlap_fraction, read_image, write_image
+from ..errors import InputError
+from ..image import Image, check_image
+from ..geometry import physical_overlap_fraction
+from ..image_io import read_image, write_image
 
 QUALITIES = ("fast", "balanced", "accurate")
 DEVICES = ("auto", "cpu", "cuda")
@@ -217,7 +219,7 @@ def initial_affine_of(transform_node) -> np.ndarray | None:
 def check_settings(parameters: RegistrationParameters) -> None:
     """``InputError`` for an unknown quality or device, or a model / refinement for a method
     that has no network."""
-    from .methods import check_model_options
+    from ..methods import check_model_options
 
     check_model_options(parameters.method, parameters.model, parameters.refine)
     if parameters.quality not in QUALITIES:
@@ -288,7 +290,7 @@ class RegistrationJob:
                 write_image(mask, path[name])
                 args += [option, path[name]]
         if inputs.initial_affine_lps is not None:
-            from .transform_io import affine_to_sitk
+            from ..transform_io import affine_to_sitk
             import SimpleITK as sitk
 
             sitk.WriteTransform(affine_to_sitk(inputs.initial_affine_lps), path["initial.tfm"])
@@ -322,7 +324,7 @@ class RegistrationJob:
     def read_outputs(self):
         """``(result, warped)`` read back from the finished process: a 3D LPS result (fixed to
         moving) with the inverse field when requested, and the warped moving image (or ``None``)."""
-        from .transform_io import read_result
+        from ..transform_io import read_result
 
         inputs = self.inputs
         inverse_path = self.paths["inverse.h5"] if self.parameters.output_inverse_transform else None

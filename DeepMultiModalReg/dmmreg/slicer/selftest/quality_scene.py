@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import mrml
-from .image import Geometry, Image
+from .. import mrml
+from ...geometry import Geometry
+from ...image import Image
 
 #: Scales of the affine's linear part (its determinant is their product, 1.1 * 0.9 * 1.2 = 1.188).
 SCALES = (1.1, 0.9, 1.2)

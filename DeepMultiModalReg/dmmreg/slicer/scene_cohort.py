@@ -7,7 +7,7 @@ it has the node attributes ``DeepMultiModalReg.CohortSubject`` / ``DeepMultiModa
 attribute) is that subject's label map.  Volumes that follow neither rule, and the results of this
 extension (nodes with a ``DeepMultiModalReg.Role``), are left out and listed as skipped.
 
-Also the panel's values turned into :class:`~dmmreg.finetune_logic.FineTuningParameters`, and the
+Also the panel's values turned into :class:`~dmmreg.slicer.finetuning_logic.FineTuningParameters`, and the
 text of a new model's validation before and after.  Needs slicer-core only (no Qt, no torch).
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import InputError
-from .finetune_logic import FineTuningParameters
+from ..errors import InputError
+from .finetuning_logic import FineTuningParameters
 from .mrml import ATTRIBUTE_PREFIX
 
 SUBJECT_ATTRIBUTE = ATTRIBUTE_PREFIX + "CohortSubject"

@@ -19,12 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import augment, spatial
-from .cohort import Cohort, Subject
-from .errors import InputError
-from .image import Geometry, Image, read_image
-from .known_warp import KnownWarpSettings, deform, random_known_warp
-from .methods.learned import TrainingBatch, image_tensor, model_grid, onto_model_grid
+from . import augmentation
+from .. import spatial
+from .cohorts import Cohort, Subject
+from ..errors import InputError
+from ..geometry import Geometry
+from ..image import Image
+from ..image_io import read_image
+from ..known_warp import KnownWarpSettings, deform, random_known_warp
+from ..methods.learned import TrainingBatch, image_tensor, model_grid, onto_model_grid
 
 SYNTHETIC = "synthetic"  # the contrast name of images drawn from a label map
 
@@ -111,7 +114,7 @@ def load_subject(subject: Subject, spacing_mm: float, margin_mm: float, align_co
         inside = brain if brain is not None and _same_grid(brain.geometry, image.geometry) else None
         affine = None
         if align_contrasts and image is not reference:
-            from .methods.optimise import prealign
+            from ..methods.optimise import prealign
 
             affine = torch.as_tensor(prealign(reference, image), dtype=torch.float32)
         on_grid[contrast] = onto_model_grid(image_tensor(image, inside, "cpu"), image.geometry, geometry, affine=affine)
@@ -157,7 +160,7 @@ def load_cohort(cohort: Cohort, spacing_mm: float, margin_mm: float, progress=No
 def middle_slices(low: int, high: int) -> tuple[int, int]:
     """``(start, stop)``: a brain's slice extent ``low .. high`` less its first and last 20 %, the
     axial slices 2D models are trained (:class:`PairSampler`) and validated
-    (:mod:`dmmreg.registration_validation`) on."""
+    (:mod:`dmmreg.training.validation`) on."""
     cut = int(0.2 * (high - low))
     return low + cut, high - cut
 
@@ -187,8 +190,8 @@ class PairSettings:
     contrast_pairs: tuple[tuple[str, str], ...] | None = None
     synthetic: float = 0.0
     across_subjects: bool = False
-    spatial: augment.SpatialAugmentation = augment.RESIDUAL_AFFINE
-    intensity: augment.IntensityAugmentation | None = augment.IntensityAugmentation()
+    spatial: augmentation.SpatialAugmentation = augmentation.RESIDUAL_AFFINE
+    intensity: augmentation.IntensityAugmentation | None = augmentation.IntensityAugmentation()
     shift_moving: bool = True
 
 
@@ -234,7 +237,7 @@ class PairSampler:
         synthetic = subject.labels is not None and (
             contrast == SYNTHETIC or float(torch.rand(1, generator=generator)) < self.settings.synthetic)
         if synthetic:
-            return augment.synthetic_contrast(subject.labels, generator).float()
+            return augmentation.synthetic_contrast(subject.labels, generator).float()
         return subject.images[contrast]
 
     def __call__(self, seed: int) -> TrainingBatch:
@@ -261,14 +264,14 @@ class PairSampler:
             fixed, moving, fixed_mask, moving_mask = take(fixed), take(moving), take(fixed_mask), take(moving_mask)
             fixed_labels, moving_labels = take(fixed_labels), take(moving_labels)
             geometry = _slice_geometry(geometry)
-        affine, displacement = augment.random_spatial_transform(geometry, generator, s.spatial)
+        affine, displacement = augmentation.random_spatial_transform(geometry, generator, s.spatial)
         affine, displacement = affine.float(), displacement.float()
         warp = lambda t, mode="linear": spatial.warp(t.float(), geometry, geometry, affine, displacement, mode=mode)  # noqa: E731
         fixed = warp(fixed)
         fixed_mask = (warp(fixed_mask) > 0.5).float()
         if fixed_labels is not None:
             fixed_labels = warp(fixed_labels, "nearest").round().short()
-        truth = None if s.across_subjects else augment.true_displacement(geometry, affine.double(), displacement.double()).float()
+        truth = None if s.across_subjects else augmentation.true_displacement(geometry, affine.double(), displacement.double()).float()
         if s.shift_moving:
             shift = (torch.rand(geometry.dim, generator=generator, dtype=torch.float64) - 0.5) * torch.tensor(geometry.spacing)
             moving, moving_mask, moving_labels = self._translate(moving, moving_mask, moving_labels, geometry, geometry,
@@ -276,8 +279,8 @@ class PairSampler:
             if truth is not None:  # moving'(q) = moving(q + shift): the map to it is G(p) - shift
                 truth = truth - shift.float().reshape(1, -1, *([1] * geometry.dim))
         if s.intensity is not None:
-            fixed = augment.random_intensity(fixed, generator, s.intensity, fixed_mask)
-            moving = augment.random_intensity(moving, generator, s.intensity, moving_mask)
+            fixed = augmentation.random_intensity(fixed, generator, s.intensity, fixed_mask)
+            moving = augmentation.random_intensity(moving, generator, s.intensity, moving_mask)
         return TrainingBatch(fixed, moving, geometry, fixed_mask, moving_mask, truth, fixed_labels, moving_labels)
 
     @staticmethod

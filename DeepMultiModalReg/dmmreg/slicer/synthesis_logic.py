@@ -3,7 +3,7 @@
 Methods ``fire``, ``disentangled`` and ``hierarchical`` render the moving image in the fixed
 image's contrast (and fire/disentangled the fixed image in the moving contrast).  This module
 runs such a registration in a background process, reusing the Registration module's job and
-run (:class:`dmmreg.slicer_logic.RegistrationJob` / ``RegistrationRun``, with
+run (:class:`dmmreg.slicer.registration_logic.RegistrationJob` / ``RegistrationRun``, with
 ``dmmreg register --output-synthesised``), and on finish adds:
 
 * one scalar volume node per synthesised image, on the fixed volume's grid, named
@@ -33,23 +33,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import mrml
-from .errors import InputError
-from .image import Image, apply_intensity_window, intensity_window, read_image
-from .slicer_logic import (
-    DEVICES,
-    RegistrationJob,
-    RegistrationLogic,
-    RegistrationParameters,
-    RegistrationRun,
-    check_parameters as check_registration_parameters,
-    describe,
-)
-from .synthesis import (
-    SYNTHESISING_METHODS,
-    normalised_mutual_information,
-    structural_similarity,
-    synthesised_path,
-)
+from ..errors import InputError
+from ..image import Image, apply_intensity_window, intensity_window
+from ..image_io import read_image
+from .registration_logic import (DEVICES, RegistrationJob, RegistrationLogic, RegistrationParameters,
+    RegistrationRun, check_parameters as check_registration_parameters, describe)
+from ..synthesis import (SYNTHESISING_METHODS, normalised_mutual_information, structural_similarity,
+    synthesised_path)
 
 ATTRIBUTE = mrml.ATTRIBUTE_PREFIX
 #: Slice views used by the display helpers when the scene has no layout (tests, scripts).
@@ -76,7 +66,7 @@ class SynthesisParameters:
 
 def check_parameters(parameters: SynthesisParameters):
     """``InputError`` naming the problem and the fix; returns the checked
-    :class:`~dmmreg.slicer_logic.PairInputs`.  Changes nothing."""
+    :class:`~dmmreg.slicer.registration_logic.PairInputs`.  Changes nothing."""
     p = parameters
     if p.fixed_volume is None or p.moving_volume is None:
         raise InputError("select both a fixed and a moving volume")

@@ -27,10 +27,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import spatial
-from .errors import InputError
-from .image import atomic_write
-from .methods.learned import LearnedMethod, TrainingBatch
+from .. import spatial
+from ..errors import InputError
+from ..files import atomic_write
+from ..methods.learned import LearnedMethod, TrainingBatch
 
 BatchSource = Callable[[int], TrainingBatch]
 CHECKPOINT = "checkpoint.json"
@@ -131,7 +131,7 @@ class Trainer:
 
     ``validation``: fixed pairs scored after every ``epoch_steps`` updates and at the end of each
     stage; ``registration_validation(model)``: more figures at the same times (e.g.
-    :func:`dmmreg.registration_validation.validate_registration`), whose
+    :func:`dmmreg.training.validation.validate_registration`), whose
     ``registration_epe_mm`` then chooses the best weights; ``run_folder``: where checkpoints go
     (None: none); ``cancel()``: polled after every update; ``progress(kind, fraction, message,
     record=...)``; ``learning_rate``: when given, the

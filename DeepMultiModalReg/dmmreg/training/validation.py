@@ -1,6 +1,6 @@
 """Validation through the whole registration: what a user gets, not what the network sees.
 
-The trainer's pair validation (:func:`dmmreg.training.validate`) scores the network on its model
+The trainer's pair validation (:func:`dmmreg.training.trainer.validate`) scores the network on its model
 grid, on pairs drawn like the training pairs.  A learned registration is more than that: an
 affine pre-alignment, resampling onto the model grid, the network, and the map back at full
 resolution (:func:`~dmmreg.methods.learned.register_with_model`).  The two can disagree: a 3D
@@ -24,13 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .cohort import Subject
-from .errors import InputError
-from .image import Image, axial_slice, read_image
-from .known_warp import deform, endpoint_error, random_known_warp
-from .methods.learned import LearnedMethod, register_with_model
-from .result import RegistrationResult
-from .training_data import middle_slices
+from .cohorts import Subject
+from ..errors import InputError
+from ..image import Image, axial_slice
+from ..image_io import read_image
+from ..known_warp import deform, endpoint_error, random_known_warp
+from ..methods.learned import LearnedMethod, register_with_model
+from ..result import RegistrationResult
+from .pairs import middle_slices
 
 SCORED_VOXEL_STRIDE = 2  # endpoint errors on every 2nd voxel per axis of the brain (1/8 of them)
 
@@ -59,7 +60,7 @@ def registration_cases(subjects: list[Subject], contrast_pairs, count: int, mode
     subjects and their usable ``(fixed, moving)`` contrast pairs (None: each contrast against the
     first one), warp seeds ``seed``, ``seed + 1``...; each pre-aligned as ``model``'s
     registrations are."""
-    from .methods.optimise import prealign
+    from ..methods.optimise import prealign
 
     report = progress or (lambda *_: None)
     plans = []

@@ -1,7 +1,7 @@
 """A small known case for the Synthesis Preview module's self-test (run inside Slicer) and for the
 tests that run here on slicer-core: a "real" and a "synthesised" volume on one oblique grid with
 disjoint intensities (real >= 0, synthesised < 0), so every display can be checked voxel by voxel,
-and checks of what :func:`~dmmreg.synthesis_logic.show_checkerboard`, ``show_fade`` and
+and checks of what :func:`~dmmreg.slicer.synthesis_logic.show_checkerboard`, ``show_fade`` and
 ``show_side_by_side`` did.  Each check returns a list of problems (empty: as expected).
 
 Needs slicer-core and numpy only (no torch, no Qt).
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import mrml
-from .image import Geometry, Image
+from .. import mrml
+from ...geometry import Geometry
+from ...image import Image
 
 TILE_MM = 4.0
 OPACITY = 0.3

@@ -1,6 +1,6 @@
 """Input checks of the Fine-tuning module, for its self-test (run inside Slicer) and for the tests
 that run here on slicer-core: a small scene of volumes named ``SUBJECT_CONTRAST`` (see
-:mod:`dmmreg.scene_cohort`), a model card to fine-tune (a card only: the checks never load
+:mod:`dmmreg.slicer.scene_cohort`), a model card to fine-tune (a card only: the checks never load
 weights), and bad parameters with the words of the error each must raise.
 
 Needs slicer-core and numpy only (no torch, no Qt); nothing is written outside ``folder``.
@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import model_io, mrml
-from .finetune_logic import FineTuningParameters
-from .image import Geometry, Image
+from ... import model_io
+from .. import mrml
+from ..finetuning_logic import FineTuningParameters
+from ...geometry import Geometry
+from ...image import Image
 
 BASE_METHOD = "midir"
 
@@ -53,7 +55,7 @@ def cohort_test_scene(scene, size=(10, 9, 8)) -> dict:
 
 
 def parameter_cases(scene, nodes: dict, folder) -> tuple[FineTuningParameters, list[tuple[FineTuningParameters, str]]]:
-    """``(good, bad)``: parameters that pass :func:`~dmmreg.finetune_logic.check_parameters` (scene
+    """``(good, bad)``: parameters that pass :func:`~dmmreg.slicer.finetuning_logic.check_parameters` (scene
     volumes grouped by subject), and ``[(parameters, words of the InputError they must raise)]``; ``nodes`` from
     :func:`cohort_test_scene`, ``folder``: a temporary folder (an empty cohort folder is made there)."""
     folder = Path(folder)
