@@ -29,9 +29,11 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from dmmreg.errors import InputError
-from dmmreg.slicer.registration_logic import (QUALITIES, RegistrationFailed, RegistrationLogic,
-    RegistrationParameters)
-from dmmreg.slicer.widgets import (BackgroundRun, DeviceChoice, MethodModelChoice, ParameterNodeBinding,
+from dmmreg.methods import DEFAULT_REFINE_ITERATIONS
+from dmmreg.slicer.background import run_to_end
+from dmmreg.slicer.registration_inputs import QUALITIES, RegistrationParameters
+from dmmreg.slicer.registration_logic import RegistrationFailed, RegistrationLogic
+from dmmreg.slicer.widgets import (RunControls, DeviceChoice, MethodModelChoice, ParameterNodeBinding,
     select_by_data)
 
 MaskNode = Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
@@ -103,7 +105,7 @@ class DeepMultiModalRegParameterNode:
     model: str
     device: Annotated[str, Default("auto")]
     quality: Annotated[str, Choice(list(QUALITIES)), Default("balanced")]
-    refine: Annotated[int, WithinRange(0, 500)]
+    refine: Annotated[int, WithinRange(0, 500), Default(DEFAULT_REFINE_ITERATIONS)]
     output_transform: Annotated[bool, Default(True)]
     composed_transform: bool
     output_warped_volume: Annotated[bool, Default(True)]
@@ -113,7 +115,7 @@ class DeepMultiModalRegParameterNode:
     reference_is_fixed: bool
 
 
-class DeepMultiModalRegWidget(BackgroundRun, DeviceChoice, MethodModelChoice, ParameterNodeBinding,
+class DeepMultiModalRegWidget(RunControls, DeviceChoice, MethodModelChoice, ParameterNodeBinding,
                               ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Inputs, method, outputs; Apply starts the background run and becomes Cancel."""
 
@@ -134,7 +136,7 @@ class DeepMultiModalRegWidget(BackgroundRun, DeviceChoice, MethodModelChoice, Pa
 
         self._setupMethods()
         self._setupDevices()
-        self._setupBackgroundRun(self.ui.applyButton, self.ui.progressBar, self.ui.stageLabel)
+        self._setupRunControls(self.ui.applyButton, self.ui.progressBar, self.ui.stageLabel)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self._bindToScene()
 
@@ -168,7 +170,7 @@ class DeepMultiModalRegWidget(BackgroundRun, DeviceChoice, MethodModelChoice, Pa
             if summary:
                 self.ui.methodSummaryLabel.text = summary
 
-    # ---- running (see BackgroundRun)
+    # ---- running (see RunControls)
 
     def onApplyButton(self):
         if not self._mayStartRun():
@@ -243,7 +245,7 @@ class DeepMultiModalRegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Registering sample FLAIR to T1 in the background")
         parameters = self._parameters()
         logic = RegistrationLogic(slicer.mrmlScene)
-        outputs = logic.run_to_end(logic.start(parameters), on_progress=lambda run, report: slicer.app.processEvents())
+        outputs = run_to_end(logic.start(parameters), on_progress=lambda run, report: slicer.app.processEvents())
         self.assertIsNotNone(outputs.warped_volume)
         self.assertEqual(len(outputs.transform.nodes), 2)
         from_world = vtk.vtkGeneralTransform()

@@ -28,7 +28,7 @@ from dmmreg import model_io
 from dmmreg.slicer import scene_cohort
 from dmmreg.errors import InputError
 from dmmreg.slicer.finetuning_logic import FineTuningFailed, FineTuningLogic, check_parameters
-from dmmreg.slicer.widgets import BackgroundRun, DeviceChoice, ParameterNodeBinding, select_by_data
+from dmmreg.slicer.widgets import RunControls, DeviceChoice, ParameterNodeBinding, select_by_data
 
 ICON = Path(__file__).resolve().parent / "Resources" / "Icons" / "DeepMultiModalReg.png"
 
@@ -65,7 +65,7 @@ class DeepMultiModalRegFineTuningParameterNode:
     device: Annotated[str, Default("auto")]
 
 
-class DeepMultiModalRegFineTuningWidget(BackgroundRun, DeviceChoice, ParameterNodeBinding,
+class DeepMultiModalRegFineTuningWidget(RunControls, DeviceChoice, ParameterNodeBinding,
                                         ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Cohort, base model and settings; Start runs in the background and becomes Cancel."""
 
@@ -92,7 +92,7 @@ class DeepMultiModalRegFineTuningWidget(BackgroundRun, DeviceChoice, ParameterNo
         self.ui.cohortPathLineEdit.nameFilters = ["Cohort folder or CSV (*.csv)", "All files (*)"]
         self._fillBaseModels()
         self._setupDevices()
-        self._setupBackgroundRun(self.ui.startButton, self.ui.progressBar, self.ui.statusLabel)
+        self._setupRunControls(self.ui.startButton, self.ui.progressBar, self.ui.statusLabel)
         self.ui.baseModelComboBox.connect("currentIndexChanged(int)", self.onBaseModelChanged)
         self.ui.groupVolumesButton.connect("clicked(bool)", self.onGroupVolumesButton)
         self.ui.startButton.connect("clicked(bool)", self.onStartButton)
@@ -139,7 +139,7 @@ class DeepMultiModalRegFineTuningWidget(BackgroundRun, DeviceChoice, ParameterNo
         except InputError as error:
             self.ui.cohortSummaryLabel.text = str(error)
 
-    # ---- running (see BackgroundRun)
+    # ---- running (see RunControls)
 
     def onStartButton(self):
         if not self._mayStartRun():  # Start was Cancel: self._cancel() stops the run

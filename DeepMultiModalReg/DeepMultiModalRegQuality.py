@@ -1,6 +1,6 @@
 """Quality inspection module of the DeepMultiModalReg extension (3D Slicer scripted module).
 
-A thin Qt widget over :mod:`dmmreg.slicer.quality_logic` (the module's Lib package, shared with the
+A thin Qt widget over :mod:`dmmreg.slicer.quality` (the module's Lib package, shared with the
 Registration module): for any transform node in the scene (ours or another tool's) it computes
 the Jacobian determinant, label overlap, inverse consistency and landmark error, shows the
 deformation in the slice views and writes a report.  Every result is a new node; inputs are
@@ -34,7 +34,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from dmmreg.slicer import quality_logic
+from dmmreg.slicer import quality
 from dmmreg.errors import InputError
 from dmmreg.slicer.widgets import ParameterNodeBinding, ensure_torch
 from dmmreg.slicer.mrml import ATTRIBUTE_PREFIX
@@ -74,7 +74,7 @@ class DeepMultiModalRegQualityParameterNode:
     inverse_transform: Optional[vtkMRMLTransformNode]
     fixed_landmarks: Optional[vtkMRMLMarkupsFiducialNode]
     moving_landmarks: Optional[vtkMRMLMarkupsFiducialNode]
-    visualization_mode: Annotated[str, Choice(list(quality_logic.VISUALIZATION_MODES)), Default("grid")]
+    visualization_mode: Annotated[str, Choice(list(quality.VISUALIZATION_MODES)), Default("grid")]
     report_folder: Path
     # results (new nodes made by the logic; not bound to widgets)
     jacobian_volume: Optional[vtkMRMLScalarVolumeNode]
@@ -284,7 +284,7 @@ def _mm(value):
 
 
 class DeepMultiModalRegQualityLogic(ScriptedLoadableModuleLogic):
-    """Slicer-side logic: reads a parameter node, calls :mod:`dmmreg.slicer.quality_logic`, and keeps
+    """Slicer-side logic: reads a parameter node, calls :mod:`dmmreg.slicer.quality`, and keeps
     the new result nodes in the parameter node.  Usable without the widget."""
 
     def __init__(self, scene=None):
@@ -299,29 +299,29 @@ class DeepMultiModalRegQualityLogic(ScriptedLoadableModuleLogic):
         return DeepMultiModalRegQualityParameterNode(super().getParameterNode())
 
     def computeJacobian(self, p):
-        volume, stats = quality_logic.jacobian_volume(self._scene, p.transform, p.reference_volume, p.mask)
+        volume, stats = quality.jacobian_volume(self._scene, p.transform, p.reference_volume, p.mask)
         p.jacobian_volume = volume
         return volume, stats
 
     def computeLabelOverlap(self, p):
-        table, chart = quality_logic.label_overlap(self._scene, p.fixed_labels, p.moving_labels, p.transform,
-                                                   p.reference_volume)
+        table, chart = quality.label_overlap(self._scene, p.fixed_labels, p.moving_labels, p.transform,
+                                             p.reference_volume)
         p.overlap_table = table
         return table, chart
 
     def computeInverseConsistency(self, p):
-        volume, stats = quality_logic.inverse_consistency(self._scene, p.transform, p.inverse_transform,
-                                                          p.reference_volume, p.mask)
+        volume, stats = quality.inverse_consistency(self._scene, p.transform, p.inverse_transform,
+                                                    p.reference_volume, p.mask)
         p.inverse_consistency_volume = volume
         return volume, stats
 
     def computeLandmarkError(self, p):
-        table, stats = quality_logic.landmark_error(self._scene, p.fixed_landmarks, p.moving_landmarks, p.transform)
+        table, stats = quality.landmark_error(self._scene, p.fixed_landmarks, p.moving_landmarks, p.transform)
         p.landmark_table = table
         return table, stats
 
     def showDeformation(self, p):
-        return quality_logic.show_deformation_grid(p.transform, p.visualization_mode, p.reference_volume)
+        return quality.show_deformation_grid(p.transform, p.visualization_mode, p.reference_volume)
 
     @staticmethod
     def resultNodes(p) -> dict:
@@ -332,7 +332,7 @@ class DeepMultiModalRegQualityLogic(ScriptedLoadableModuleLogic):
 
     def saveReport(self, p, picture=True):
         """Write the report of the latest results into ``p.report_folder`` (empty: beside the
-        saved scene); returns the paths written (see :func:`dmmreg.slicer.quality_logic.write_report`)."""
+        saved scene); returns the paths written (see :func:`dmmreg.slicer.quality.write_report`)."""
         results = self.resultNodes(p)
         if not results:
             raise InputError("there is no result to report yet; compute a measure first")
@@ -341,8 +341,8 @@ class DeepMultiModalRegQualityLogic(ScriptedLoadableModuleLogic):
         stats["reference_volume"] = p.reference_volume.GetName() if p.reference_volume else ""
         tables = {name: results[name] for name in ("label_overlap", "landmarks") if name in results}
         folder = str(p.report_folder) if p.report_folder is not None else ""
-        return quality_logic.write_report(self._scene, folder if folder not in ("", ".") else None, tables, stats,
-                                          jacobian_volume_node=p.jacobian_volume if picture else None)
+        return quality.write_report(self._scene, folder if folder not in ("", ".") else None, tables, stats,
+                                    jacobian_volume_node=p.jacobian_volume if picture else None)
 
 
 class DeepMultiModalRegQualityTest(ScriptedLoadableModuleTest):
@@ -380,14 +380,14 @@ class DeepMultiModalRegQualityTest(ScriptedLoadableModuleTest):
         self.assertAlmostEqual(stats["min"], case.determinant, places=4)
         self.assertAlmostEqual(stats["max"], case.determinant, places=4)
         self.assertEqual(stats["folding_percent"], 0.0)
-        self.assertEqual(volume.GetDisplayNode().GetColorNode().GetName(), quality_logic.JACOBIAN_COLOR_NODE_NAME)
+        self.assertEqual(volume.GetDisplayNode().GetColorNode().GetName(), quality.JACOBIAN_COLOR_NODE_NAME)
         self.delayDisplay("Jacobian test passed")
 
     def test_bad_input_adds_no_node(self):
         logic, p, case = self._parameters()
         count = slicer.mrmlScene.GetNumberOfNodes()
         with self.assertRaises(InputError):  # no reference volume
-            quality_logic.jacobian_volume(slicer.mrmlScene, case.transform_node, None)
+            quality.jacobian_volume(slicer.mrmlScene, case.transform_node, None)
         with self.assertRaises(InputError):  # the reference volume under the evaluated transform
             case.reference_node.SetAndObserveTransformNodeID(case.transform_node.GetID())
             try:

@@ -27,7 +27,7 @@ from slicer.util import VTKObservationMixin
 from dmmreg.slicer import synthesis_logic
 from dmmreg.errors import InputError
 from dmmreg.slicer.registration_logic import RegistrationFailed
-from dmmreg.slicer.widgets import (BackgroundRun, DeviceChoice, MethodModelChoice, ParameterNodeBinding,
+from dmmreg.slicer.widgets import (RunControls, DeviceChoice, MethodModelChoice, ParameterNodeBinding,
     select_by_data)
 from dmmreg.synthesis import SYNTHESISING_METHODS
 from dmmreg.slicer.synthesis_logic import SynthesisLogic, SynthesisParameters
@@ -74,7 +74,7 @@ class DeepMultiModalRegSynthesisParameterNode:
     report_table: Optional[vtkMRMLTableNode]
 
 
-class DeepMultiModalRegSynthesisWidget(BackgroundRun, DeviceChoice, MethodModelChoice, ParameterNodeBinding,
+class DeepMultiModalRegSynthesisWidget(RunControls, DeviceChoice, MethodModelChoice, ParameterNodeBinding,
                                        ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Inputs, method and model; Apply starts the background run and becomes Cancel; display controls."""
 
@@ -95,7 +95,7 @@ class DeepMultiModalRegSynthesisWidget(BackgroundRun, DeviceChoice, MethodModelC
 
         self._setupMethods()
         self._setupDevices()
-        self._setupBackgroundRun(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel)
+        self._setupRunControls(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.sideBySideButton.connect("clicked(bool)", self.onSideBySideButton)
         self.ui.fadeSliderWidget.connect("valueChanged(double)", self.onFadeChanged)
@@ -131,7 +131,7 @@ class DeepMultiModalRegSynthesisWidget(BackgroundRun, DeviceChoice, MethodModelC
         self.ui.modelComboBox.toolTip = "" if models else f"No trained {method} model: train or fine-tune one first"
         self.onModelChanged()
 
-    # ---- running (see BackgroundRun)
+    # ---- running (see RunControls)
 
     def onApplyButton(self):
         if not self._mayStartRun():

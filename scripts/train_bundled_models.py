@@ -358,7 +358,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from dmmreg.training.trainer import Cancelled
+    from dmmreg.errors import Cancelled
     from dmmreg.training.jobs import cancel_on_signals, resume_job, run_job
 
     torch.set_num_threads(args.threads)

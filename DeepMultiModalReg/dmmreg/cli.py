@@ -15,7 +15,7 @@ import sys
 import time
 
 from . import __version__
-from .errors import InputError
+from .errors import Cancelled, InputError
 
 
 class _Progress:
@@ -48,8 +48,9 @@ def _add_register(sub) -> None:
     p.add_argument("--method", default="optimise", help="registration method (see `dmmreg methods`)")
     p.add_argument("--model", help="learned methods: a trained model (.safetensors with its .json card, or the name "
                    "of a bundled model; default: the method's bundled model, see `dmmreg models`)")
-    p.add_argument("--refine", type=int, default=0, metavar="N",
-                   help="learned methods: N iterations of the optimise method started from the network's answer")
+    p.add_argument("--refine", type=int, metavar="N",
+                   help="learned methods: N iterations of the optimise method started from the network's answer "
+                   "(default: as many as the optimise method does at its finest level; 0: the network alone)")
     p.add_argument("--quality", default="balanced", choices=["fast", "balanced", "accurate"], help="speed/accuracy")
     p.add_argument("--similarity", choices=["nmi", "lncc", "mind"], help="similarity measure (optimise method)")
     p.add_argument("--fixed-mask", help="label map: register only where > 0 in the fixed image")
@@ -202,7 +203,7 @@ def run_register(args, progress: _Progress) -> dict:
             raise InputError(f"{args.initial_transform} holds a displacement field; --initial-transform takes an affine")
         initial = start.affine
     settings = {"similarity": args.similarity} if args.similarity else {}
-    if args.model or args.refine:
+    if args.model or args.refine is not None:
         from .methods import check_model_options
 
         check_model_options(args.method, args.model, args.refine)
@@ -380,8 +381,6 @@ def main(argv: list[str] | None = None) -> int:
     progress = _Progress(getattr(args, "progress", "text"))
     start = time.perf_counter()
     commands = {"register": run_register, "known-warp": run_known_warp, "train": run_training, "finetune": run_training}
-    from .training.trainer import Cancelled
-
     try:
         summary = commands[args.command](args, progress)
     except InputError as exc:

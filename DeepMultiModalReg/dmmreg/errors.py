@@ -1,4 +1,4 @@
-"""Errors the backend raises for problems the user can fix."""
+"""Errors the backend raises for problems the user can fix, and for work stopped on request."""
 
 
 class InputError(ValueError):
@@ -6,4 +6,5 @@ class InputError(ValueError):
 
 
 class Cancelled(RuntimeError):
-    """The run was cancelled on request; nothing was written."""
+    """The work stopped on request (a cancel check or a progress callback raised it); the
+    message says what was kept (e.g. a training checkpoint)."""

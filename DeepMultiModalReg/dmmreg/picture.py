@@ -23,8 +23,10 @@ def _edges(array: np.ndarray) -> np.ndarray:
     return magnitude > np.percentile(magnitude, 92)
 
 
-def _slices(volume: np.ndarray) -> list[np.ndarray]:
-    """Axial, coronal and sagittal mid slices of a (z, y, x) volume (a 2D image: itself)."""
+def mid_slices(volume: np.ndarray) -> list[np.ndarray]:
+    """Axial, coronal and sagittal mid slices of a (z, y, x) volume, in its voxel grid (index
+    axes, not RAS or LPS): ``[volume[z], volume[:, y], volume[:, :, x]]`` at the middle index of
+    each axis; a 2D image: ``[itself]``.  Views, not copies."""
     if volume.ndim == 2:
         return [volume]
     z, y, x = (n // 2 for n in volume.shape)
@@ -73,7 +75,7 @@ def save_registration_picture(
     fig, axes = plt.subplots(len(views), 4, figsize=(16, 4.2 * len(views)), squeeze=False)
     columns = ["fixed", "moving before (identity)", "moving after registration", "deformation grid, Jacobian"]
     for row, (view, fixed_s, before_s, after_s, jac_s, (r_ax, c_ax)) in enumerate(
-        zip(views, _slices(fixed_n), _slices(before), _slices(after), _slices(jacobian), planes)
+        zip(views, mid_slices(fixed_n), mid_slices(before), mid_slices(after), mid_slices(jacobian), planes)
     ):
         edges = _edges(fixed_s)
         for col, image in enumerate([fixed_s, before_s, after_s]):
@@ -85,7 +87,7 @@ def save_registration_picture(
                 ax.imshow(overlay, origin="lower")
         ax = axes[row, 3]
         shown = ax.imshow(jac_s, cmap="RdBu_r", origin="lower", vmin=0.5, vmax=1.5)
-        in_plane = np.stack([_slices(disp_vox[..., r_ax])[row], _slices(disp_vox[..., c_ax])[row]], axis=-1)
+        in_plane = np.stack([mid_slices(disp_vox[..., r_ax])[row], mid_slices(disp_vox[..., c_ax])[row]], axis=-1)
         for line in _grid_lines(in_plane, step=max(4, min(jac_s.shape) // 20)):
             ax.plot(line[:, 0], line[:, 1], color="k", linewidth=0.5)
         ax.set_xlim(0, jac_s.shape[1] - 1)

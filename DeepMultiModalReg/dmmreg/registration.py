@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
+from .geometry import check_overlap
 from .image import Image, check_image
 from .methods import method_function
+from .progress import ProgressCallback
 from .result import RegistrationResult
 
 
@@ -37,19 +39,6 @@ def _mask_on(mask: Image | None, image: Image, what: str) -> Image | None:
     return mask
 
 
-def overlap_fraction(fixed: Image, moving: Image, affine: np.ndarray) -> float:
-    """Fraction of a coarse lattice of fixed-image points that the affine maps inside the moving image."""
-    g = fixed.geometry
-    axes = [np.linspace(0, n - 1, 9) for n in g.size]
-    index = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, g.dim)
-    points = g.physical_points(index)
-    mapped = points @ affine[: g.dim, : g.dim].T + affine[: g.dim, g.dim]
-    m = moving.geometry
-    cont = mapped @ m.physical_to_index[: g.dim, : g.dim].T + m.physical_to_index[: g.dim, g.dim]
-    inside = np.all((cont >= -0.5) & (cont <= np.asarray(m.size) - 0.5), axis=1)
-    return float(inside.mean())
-
-
 def check_pair(fixed: Image, moving: Image, initial_affine: np.ndarray | None = None) -> None:
     """Raise ``InputError`` when the pair cannot be registered (names the problem and the fix)."""
     check_image(fixed, "the fixed image")
@@ -59,12 +48,7 @@ def check_pair(fixed: Image, moving: Image, initial_affine: np.ndarray | None = 
             f"the fixed image is {fixed.dim}D and the moving image {moving.dim}D; register images "
             "of the same dimension (extract a slice, or register a 3D volume to a 3D volume)"
         )
-    affine = np.eye(fixed.dim + 1) if initial_affine is None else initial_affine
-    if overlap_fraction(fixed, moving, affine) == 0:
-        raise InputError(
-            "the fixed and moving images do not overlap in physical space; check their origins "
-            "and orientation, or give an initial transform that brings them together"
-        )
+    check_overlap(fixed.geometry, moving.geometry, initial_affine)
 
 
 def register_pair(
@@ -76,7 +60,7 @@ def register_pair(
     device: str = "auto",
     quality: str = "balanced",
     initial_affine: np.ndarray | None = None,
-    progress=None,
+    progress: ProgressCallback | None = None,
     **settings,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with method ``method``.

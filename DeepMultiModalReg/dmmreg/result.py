@@ -79,6 +79,23 @@ class RegistrationResult:
             p = p + spatial.field_at(w, self.field_geometry, p)
         return p.reshape(np.shape(points)).numpy()
 
+    def composed_field_geometry(self, inverse: bool = False) -> Geometry:
+        """Grid on which the whole transform ``T`` (``inverse``: ``T^-1``) is sampled as one
+        displacement field (an ITK displacement-field file, a composed Slicer grid node).
+
+        Forward: the field grid (fixed space; the fixed grid for an affine-only result).
+        Inverse: the moving grid (moving space) at the field's finest spacing, grown by the
+        margin the field grid has around the fixed grid, at least one field voxel (mm); the
+        moving grid itself for an affine-only result.  Either way the field covers its volume
+        with a margin, as VTK clamps a grid transform to its edge value outside its grid."""
+        field = self.field_geometry
+        if not inverse:
+            return field or self.fixed_geometry
+        if field is None:
+            return self.moving_geometry
+        margin = max(float(np.max((field.extent - self.fixed_geometry.extent) / 2)), max(field.spacing))
+        return self.moving_geometry.with_spacing(min(field.spacing)).with_margin(margin)
+
     def resampling_displacement(self, geometry: Geometry) -> np.ndarray:
         """``T(p) - p`` on the voxels of ``geometry`` (fixed space): the whole transform as one
         displacement field, ``(*geometry.shape, dim)``."""

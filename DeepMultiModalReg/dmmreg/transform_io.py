@@ -5,7 +5,9 @@ A result ``T(p) = A(p + u(p))`` is written as
 * ``.h5`` / ``.hdf5`` / ``.tfm``-free composite: ITK ``CompositeTransform`` holding the affine and the
   displacement field (``.tfm`` cannot hold a field; it is accepted for affine-only results);
 * ``.nii`` / ``.nii.gz`` / ``.nrrd`` / ``.mha``: one displacement field ``T(p) - p`` sampled on
-  the field grid, a vector image that ``SimpleITK.DisplacementFieldTransform`` reads.
+  :meth:`RegistrationResult.composed_field_geometry` (the field grid; for the inverse, the
+  moving grid with the field's spacing and margin), a vector image that
+  ``SimpleITK.DisplacementFieldTransform`` reads.
 
 Either way ``SimpleITK.Resample(moving, fixed, T)`` reproduces :meth:`RegistrationResult.warp`.
 """
@@ -100,22 +102,13 @@ def write_transform(result: RegistrationResult, path: str | os.PathLike, inverse
         transform = to_sitk_transform(result, inverse)
         atomic_write(path, lambda tmp: sitk.WriteTransform(transform, tmp))
         return
+    geometry = result.composed_field_geometry(inverse)
     if inverse:
-        geometry = _field_grid_for(result.moving_geometry, result.field_geometry)
         disp = result.inverse_resampling_displacement(geometry)
     else:
-        geometry = result.field_geometry or result.fixed_geometry
         disp = result.resampling_displacement(geometry)
     image = to_sitk(Image(disp.astype(np.float64), geometry), vector=True)
     atomic_write(path, lambda tmp: sitk.WriteImage(image, tmp, True))
-
-
-def _field_grid_for(geometry: Geometry, field_geometry: Geometry | None) -> Geometry:
-    """Grid in ``geometry``'s space with the field's spacing and margin (for inverse fields)."""
-    if field_geometry is None:
-        return geometry
-    margin = float(np.max(np.asarray(field_geometry.spacing)))
-    return geometry.with_spacing(min(field_geometry.spacing)).with_margin(margin)
 
 
 def read_transform(path: str | os.PathLike):

@@ -59,7 +59,7 @@ def parameter_is_optional(name: str, parameter: str) -> bool:
 
 
 #: The mixins and helpers the module widgets share (``dmmreg.slicer.widgets``).
-WIDGET_HELPERS_FILE = MODULE_FOLDER / "dmmreg" / "slicer_widget.py"
+WIDGET_HELPERS_FILE = MODULE_FOLDER / "dmmreg" / "slicer" / "widgets.py"
 
 
 def widget_helpers_text() -> str:

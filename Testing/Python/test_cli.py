@@ -138,7 +138,7 @@ BAD_INPUTS = {
     "2D against 3D": ("2D", {}, "fixed image is 3D and the moving image 2D"),
     "constant image": ("constant", {}, "the moving image is constant"),
     "NaN image": ("nan", {}, "the moving image contains NaN"),
-    "no physical overlap": ("far", {}, "do not overlap in physical space"),
+    "no physical overlap": ("far", {}, "the moving image does not overlap the fixed image in physical space"),
     "unknown method": ("T1", {"--method": "no-such-method"}, "unknown method 'no-such-method'; available: optimise"),
     "unknown transform format": ("T1", {"--output-transform": "T.png"}, "cannot tell the transform format of .*T.png"),
 }

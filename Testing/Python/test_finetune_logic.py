@@ -18,6 +18,7 @@ slicer = pytest.importorskip("slicer")
 
 from dmmreg import model_io
 from dmmreg.slicer import mrml  # noqa: E402
+from dmmreg.slicer.background import run_to_end  # noqa: E402
 from dmmreg.training.cohorts import read_cohort  # noqa: E402
 from dmmreg.errors import InputError  # noqa: E402
 from dmmreg.slicer.finetuning_logic import (FineTuningFailed, FineTuningLogic, FineTuningParameters,
@@ -128,7 +129,7 @@ def test_finetuning_from_scene_volumes_grouped_by_subject(scene, stroke, user_mo
     parameters = FineTuningParameters(subjects=subjects, labels=labels, name="from-scene",
                                       contrast_pairs=[("t2", "t1"), ("flair", "t1")], **FAST)
     run = FineTuningLogic(scene).start(parameters)
-    outputs = FineTuningLogic.run_to_end(run)
+    outputs = run_to_end(run)
     assert_curves_filled(run, updates=6, validations=3)
     assert_new_model(outputs, "from-scene", user_models)
     assert outputs.card["training"]["subjects"] == ["s1"] and outputs.card["validation"]["source"] == "held-out subjects s2"
@@ -221,7 +222,7 @@ def test_backend_failure_shows_its_message_and_leaves_no_model(scene, stroke_pat
     (cohort / "a" / "T2.nii.gz").symlink_to(stroke_paths["T2"])
     run = FineTuningLogic(scene).start(FineTuningParameters(cohort=str(cohort), name="broken", **FAST))
     with pytest.raises(FineTuningFailed, match="cannot read t1 image of subject 'a'"):
-        FineTuningLogic.run_to_end(run)
+        run_to_end(run)
     assert run.process.returncode == 2
     assert user_model_files(user_models) == [f"{BASE}.json", f"{BASE}.safetensors"]
     assert not run.run_folder.exists()  # nothing to resume: the run folder is removed

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from conftest import oblique_geometry
 
 from dmmreg.errors import InputError
-from dmmreg.geometry import Geometry
+from dmmreg.geometry import MINIMUM_OVERLAP, Geometry, check_overlap, overlap_fraction
 from dmmreg.image import Image, axial_slice, check_image, normalise_intensity
 from dmmreg.image_io import read_image, to_sitk, write_image
 
@@ -242,3 +242,46 @@ def test_with_margin_grows_every_side_and_keeps_centre_and_direction():
     # the original first voxel is at index `pad` of the grown grid
     first = grown.physical_points(pad)
     np.testing.assert_allclose(first, geometry.origin, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# The one overlap rule (command line and Slicer modules)
+
+
+def shifted(geometry: Geometry, along_i_mm: float) -> Geometry:
+    origin = np.add(geometry.origin, geometry.direction[:, 0] * along_i_mm)
+    return Geometry(geometry.size, geometry.spacing, tuple(origin), geometry.direction)
+
+
+def test_overlap_fraction_is_the_share_of_the_fixed_grid_inside_the_moving_one():
+    fixed = oblique_geometry(size=(33, 17, 9), spacing=(1.0, 1.5, 2.5))
+    assert overlap_fraction(fixed, fixed) == 1.0
+    # moved by half its extent along i: 9 of the lattice's 17 columns are inside
+    half = overlap_fraction(fixed, shifted(fixed, 16.0))
+    assert 0.45 < half < 0.55
+    far = shifted(fixed, 500.0)
+    assert overlap_fraction(fixed, far) == 0.0
+    # the resampling affine (fixed to moving) maps the fixed grid onto the far one
+    to_far = np.eye(4)
+    to_far[:3, 3] = fixed.direction[:, 0] * 500.0
+    assert overlap_fraction(fixed, far, to_far) == 1.0
+
+
+def test_a_single_slice_overlaps_with_its_thickness():
+    volume = oblique_geometry(size=(20, 16, 1), spacing=(1.0, 1.0, 3.0))
+    normal = volume.direction[:, 2]
+    def moved(mm):
+        return Geometry(volume.size, volume.spacing, tuple(np.add(volume.origin, normal * mm)), volume.direction)
+    assert overlap_fraction(volume, moved(1.4)) == 1.0  # within half the 3 mm slice
+    assert overlap_fraction(volume, moved(1.6)) == 0.0
+
+
+def test_check_overlap_names_both_images_and_the_fix():
+    fixed = oblique_geometry(size=(33, 17, 9), spacing=(1.0, 1.5, 2.5))
+    check_overlap(fixed, shifted(fixed, 30.0))  # 2 of the lattice's 17 columns (12 %): enough
+    with pytest.raises(InputError, match=r"^the moving image does not overlap the fixed image in physical "
+                                         r"space \(0% of it is covered.*initial transform"):
+        check_overlap(fixed, shifted(fixed, 40.0))
+    with pytest.raises(InputError, match="'M' does not overlap 'F'"):
+        check_overlap(fixed, shifted(fixed, 40.0), fixed_name="'F'", moving_name="'M'")
+    assert 0 < MINIMUM_OVERLAP < 0.05

@@ -80,10 +80,19 @@ def test_a_saved_model_registers_through_the_registry(name, case_2d, tmp_path):
     assert_same_resampling(ours, theirs, ".h5", float(np.ptp(moving.array)))
 
 
-def test_refinement_improves_the_network_answer(case_2d, tmp_path):
+def test_refinement_improves_the_network_answer_and_is_the_default(case_2d, tmp_path):
+    """``refine=0``: the network alone; by default (the accurate mode) the network's answer is
+    refined by as many optimise iterations as the balanced optimisation does at its finest level."""
+    from dmmreg.methods import DEFAULT_REFINE_ITERATIONS
+    from dmmreg.methods.optimise import settings_for
+
+    assert DEFAULT_REFINE_ITERATIONS == settings_for("balanced").deformable_iterations[-1]
     case, moving = case_2d
     path = save_model(fresh_model("midir"), tmp_path / "midir-2d.safetensors")
-    alone = register_pair(case.fixed, moving, method="midir", model=str(path))
+    alone = register_pair(case.fixed, moving, method="midir", model=str(path), refine=0)
+    default = register_pair(case.fixed, moving, method="midir", model=str(path))
+    assert (alone.settings["refine"], default.settings["refine"]) == (0, DEFAULT_REFINE_ITERATIONS)
+    assert case.mean_endpoint_error(default) < 0.9 * case.mean_endpoint_error(alone)
     refined = register_pair(case.fixed, moving, method="midir", model=str(path), refine=40)
     assert refined.field_geometry == alone.field_geometry
     before, after = case.mean_endpoint_error(alone), case.mean_endpoint_error(refined)

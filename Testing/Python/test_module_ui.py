@@ -270,7 +270,7 @@ def parameter_node_fields(case: ModuleCase) -> set[str]:
 def fill_choosers_as_the_module_does(panel):
     """Device choices from the logic, methods from the backend registry (when they import)."""
     pytest.importorskip("slicer")
-    from dmmreg.slicer.registration_logic import device_choices
+    from dmmreg.slicer.background import device_choices
 
     devices = panel.findChild(QtWidgets.QComboBox, "deviceComboBox")
     for value, label in device_choices(['[{"name": "NVIDIA H100 80GB HBM3", "memory": 85520809984}]']):
@@ -301,7 +301,7 @@ def registration_logic_fields() -> set[str]:
     pytest.importorskip("slicer")
     from dataclasses import fields as dataclass_fields
 
-    from dmmreg.slicer.registration_logic import RegistrationParameters
+    from dmmreg.slicer.registration_inputs import RegistrationParameters
 
     return {f.name for f in dataclass_fields(RegistrationParameters)}
 
@@ -309,7 +309,7 @@ def registration_logic_fields() -> set[str]:
 def fill_quality_as_the_module_does(panel):
     """The visualisation modes come from the logic (the parameter node's Choice)."""
     pytest.importorskip("slicer")
-    from dmmreg.slicer.quality_logic import VISUALIZATION_MODES
+    from dmmreg.slicer.quality import VISUALIZATION_MODES
 
     modes = panel.findChild(QtWidgets.QComboBox, "visualizationModeComboBox")
     modes.clear()
@@ -346,7 +346,7 @@ def quality_results(panel, save):
 def fill_synthesis_as_the_module_does(panel):
     """Devices as the Registration module lists them; only the methods that synthesise images."""
     pytest.importorskip("slicer")
-    from dmmreg.slicer.registration_logic import device_choices
+    from dmmreg.slicer.background import device_choices
     from dmmreg.synthesis import SYNTHESISING_METHODS
 
     devices = panel.findChild(QtWidgets.QComboBox, "deviceComboBox")
@@ -389,7 +389,7 @@ def fill_finetuning_as_the_module_does(panel):
     """Cohort sources (the parameter node's Choice), every learned model as base, the devices."""
     pytest.importorskip("slicer")
     from dmmreg.slicer.scene_cohort import COHORT_SOURCES
-    from dmmreg.slicer.registration_logic import device_choices
+    from dmmreg.slicer.background import device_choices
 
     panel.findChild(QtWidgets.QComboBox, "cohortSourceComboBox").addItems(list(COHORT_SOURCES))
     panel.findChild(QtWidgets.QComboBox, "baseModelComboBox").addItem("midir-brain-3d (midir, 3D, bundled)", "midir-brain-3d")

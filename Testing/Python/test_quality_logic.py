@@ -1,4 +1,4 @@
-"""Quality inspection logic (dmmreg.slicer.quality_logic) on a real slicer-core scene and the bundled
+"""Quality inspection logic (dmmreg.slicer.quality) on a real slicer-core scene and the bundled
 stroke MRI (T1 resampled to 3 mm, oblique grid, so the tests stay fast).
 
 Every measure is checked against a number known independently: the determinant of a known
@@ -24,7 +24,7 @@ from conftest import affine_about_centre, physical_coordinates  # noqa: E402
 
 from dmmreg import metrics, spatial
 from dmmreg.slicer import mrml  # noqa: E402
-from dmmreg.slicer import quality_logic as quality  # noqa: E402
+from dmmreg.slicer import quality  # noqa: E402
 from dmmreg.errors import InputError  # noqa: E402
 from dmmreg.geometry import Geometry
 from dmmreg.image import Image  # noqa: E402

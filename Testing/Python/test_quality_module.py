@@ -80,8 +80,15 @@ def test_cmake_builds_every_module_each_file_once(tmp_path):
     duplicates = sorted({path for path in listed if listed.count(path) > 1})
     assert not duplicates, f"files copied by two module targets (conflicting build rules): {duplicates}"
     # the shared Lib package is shipped (once), with the quality logic the Quality module imports
-    assert "dmmreg/slicer/quality_logic.py" in modules["DeepMultiModalReg"]["scripts"]
-    assert "dmmreg/slicer/selftest/quality_scene.py" in modules["DeepMultiModalReg"]["scripts"]
+    quality_package = sorted((MODULE_FOLDER / "dmmreg" / "slicer" / "quality").glob("*.py"))
+    assert "dmmreg/slicer/quality/__init__.py" in modules["DeepMultiModalReg"]["scripts"]
+    for path in quality_package:
+        assert path.relative_to(MODULE_FOLDER).as_posix() in modules["DeepMultiModalReg"]["scripts"]
+    # the self-test scenes go to the build tree (for ctest), never into the installed extension
+    selftest = sorted((MODULE_FOLDER / "dmmreg" / "slicer" / "selftest").glob("*.py"))
+    assert selftest and not [p for p in modules["DeepMultiModalReg"]["scripts"] if "/selftest/" in p]
+    built = tmp_path / "build" / "lib" / "qt-scripted-modules" / "dmmreg" / "slicer" / "selftest"
+    assert sorted(p.name for p in built.glob("*.py")) == [p.name for p in selftest]
     # the icon the Quality module reuses is shipped
     assert "Resources/Icons/DeepMultiModalReg.png" in modules["DeepMultiModalReg"]["resources"]
     assert sorted(unittests) == sorted(f"{name}.py" for name in MODULES)
@@ -95,15 +102,20 @@ def test_names_the_module_uses_from_the_backend_and_slicer_exist(name):
     import slicer
 
     tree = module_tree(name)
-    # modules imported as ``from dmmreg import quality_logic``: every ``quality_logic.X`` exists
-    packages = {alias.asname or alias.name: importlib.import_module(f"dmmreg.{alias.name}")
-                for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "dmmreg"
-                for alias in node.names}
+    # modules imported as ``from dmmreg.slicer import quality``: every ``quality.X`` exists
+    packages = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "dmmreg":
+            for alias in node.names:
+                try:
+                    packages[alias.asname or alias.name] = importlib.import_module(f"{node.module}.{alias.name}")
+                except ModuleNotFoundError:  # a name defined in the module, not a submodule
+                    pass
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in packages:
             assert hasattr(packages[node.value.id], node.attr), f"dmmreg.{node.value.id} has no {node.attr}"
     if name == "DeepMultiModalRegQuality":
-        assert "quality_logic" in packages
+        assert "quality" in packages
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "dmmreg":
             module = importlib.import_module(node.module)
@@ -146,7 +158,7 @@ def test_the_self_test_case_jacobian_is_the_determinant():
     """What the self-test asserts, on slicer-core: an affine's Jacobian is its determinant."""
     slicer = pytest.importorskip("slicer")
     pytest.importorskip("torch")
-    from dmmreg.slicer import quality_logic
+    from dmmreg.slicer import quality
     from dmmreg.errors import InputError
     from dmmreg.slicer.selftest.quality_scene import SCALES, affine_test_scene, jacobian_error
 
@@ -154,19 +166,19 @@ def test_the_self_test_case_jacobian_is_the_determinant():
     case = affine_test_scene(scene)
     assert case.determinant == pytest.approx(float(np.prod(SCALES)), abs=1e-12)
     assert case.transform_node.IsA("vtkMRMLLinearTransformNode")
-    volume, stats = quality_logic.jacobian_volume(scene, case.transform_node, case.reference_node)
+    volume, stats = quality.jacobian_volume(scene, case.transform_node, case.reference_node)
     assert jacobian_error(volume, case.determinant) < 1e-4
     assert stats["min"] == pytest.approx(case.determinant, abs=1e-4)
     assert stats["max"] == pytest.approx(case.determinant, abs=1e-4)
     assert stats["folding_percent"] == 0.0
-    assert volume.GetDisplayNode().GetColorNode().GetName() == quality_logic.JACOBIAN_COLOR_NODE_NAME
+    assert volume.GetDisplayNode().GetColorNode().GetName() == quality.JACOBIAN_COLOR_NODE_NAME
 
     count = scene.GetNumberOfNodes()
     with pytest.raises(InputError):
-        quality_logic.jacobian_volume(scene, case.transform_node, None)
+        quality.jacobian_volume(scene, case.transform_node, None)
     case.reference_node.SetAndObserveTransformNodeID(case.transform_node.GetID())
     with pytest.raises(InputError, match="under the transform"):
-        quality_logic.jacobian_volume(scene, case.transform_node, case.reference_node)
+        quality.jacobian_volume(scene, case.transform_node, case.reference_node)
     assert scene.GetNumberOfNodes() == count
 
 

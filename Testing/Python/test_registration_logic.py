@@ -28,13 +28,13 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 sitk = pytest.importorskip("SimpleITK")
 
 from dmmreg.slicer import mrml  # noqa: E402
-from dmmreg.slicer.background import BackgroundProcess, parse_progress_line  # noqa: E402
+from dmmreg.slicer.background import BackgroundProcess, device_choices, parse_progress_line, run_to_end  # noqa: E402
 from dmmreg.errors import InputError  # noqa: E402
 from dmmreg.geometry import Geometry
 from dmmreg.image import Image
 from dmmreg.image_io import from_sitk, read_image, to_sitk  # noqa: E402
-from dmmreg.slicer.registration_logic import (RegistrationFailed, RegistrationLogic, RegistrationParameters,
-    device_choices)  # noqa: E402
+from dmmreg.slicer.registration_inputs import RegistrationParameters  # noqa: E402
+from dmmreg.slicer.registration_logic import RegistrationFailed, RegistrationLogic  # noqa: E402
 
 DATA = Path(__file__).parents[3] / "shared" / "data"
 STROKE = DATA / "brain-multicontrast" / "stroke"
@@ -187,7 +187,7 @@ def bad_input_cases(scene, stroke):
         "no moving volume": (dict(moving_volume=None), "select both"),
         "no output": (dict(moving_volume=moving, output_transform=False, output_warped_volume=False), "at least one output"),
         "unknown quality": (dict(moving_volume=moving, quality="best"), "quality must be"),
-        "refinement of optimise": (dict(moving_volume=moving, refine=10), "apply to the learned methods"),
+        "model for optimise": (dict(moving_volume=moving, model="midir-brain-3d"), "apply to the learned methods"),
         "negative refinement": (dict(moving_volume=moving, method="midir", refine=-1), "0 or more iterations"),
         "non-linear initial transform": (dict(moving_volume=moving, initial_transform=scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "grid")), "must be linear"),
     }
@@ -204,6 +204,27 @@ def test_bad_inputs_give_clear_errors_and_change_nothing(scene, stroke):
     assert scene_snapshot(scene) == before
     assert temporary_folders() == folders, "a refused run must not leave files behind"
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(fixed), voxels)
+
+
+def test_the_module_refuses_the_pairs_the_command_line_refuses(scene, stroke):
+    """One overlap rule (:func:`dmmreg.geometry.check_overlap`) for ``dmmreg register`` and the module."""
+    from dmmreg.registration import check_pair
+    from dmmreg.slicer.registration_inputs import check_parameters
+
+    t1, flair = stroke["T1"], stroke["FLAIR"]
+    fixed = mrml.add_volume_node(scene, t1, "T1")
+    g = flair.geometry
+    for shift_mm, accepted in ((g.extent[0] / 2, True), (g.extent[0] + 2 * g.spacing[0], False)):
+        moved = Image(flair.array, Geometry(g.size, g.spacing, tuple(np.add(g.origin, g.direction[:, 0] * shift_mm)), g.direction))
+        parameters = RegistrationParameters(fixed_volume=fixed, moving_volume=mrml.add_volume_node(scene, moved, "FLAIR moved"))
+        if accepted:
+            check_pair(t1, moved)
+            check_parameters(parameters)
+            continue
+        with pytest.raises(InputError, match="^the moving image does not overlap the fixed image in physical space"):
+            check_pair(t1, moved)
+        with pytest.raises(InputError, match="^the moving volume 'FLAIR moved' does not overlap the fixed volume 'T1' in physical space"):
+            check_parameters(parameters)
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,7 +261,7 @@ def test_registration_end_to_end_matches_simpleitk(scene, oblique_case, tmp_path
     logic = RegistrationLogic(scene)
     reports = []
     run = logic.start(parameters)
-    outputs = logic.run_to_end(run, on_progress=lambda run, report: reports.append((report.stage, run.fraction)))
+    outputs = run_to_end(run, on_progress=lambda run, report: reports.append((report.stage, run.fraction)))
     assert reports and reports[-1][0] == "done"
     assert [f for _, f in reports] == sorted(f for _, f in reports), "progress must not go backwards"
 
@@ -310,7 +331,7 @@ def test_a_learned_method_runs_from_the_logic_with_its_model(scene, oblique_case
     parameters = RegistrationParameters(fixed_volume=fixed, moving_volume=moving, method="midir",
                                         model=str(model_path.with_suffix(".safetensors")), refine=5)
     logic = RegistrationLogic(scene)
-    outputs = logic.run_to_end(logic.start(parameters))
+    outputs = run_to_end(logic.start(parameters))
     assert outputs.transform.leaf.GetAttribute("DeepMultiModalReg.Method") == "midir"
     settings = json.loads(outputs.transform.leaf.GetAttribute("DeepMultiModalReg.Settings"))
     assert settings["model"].endswith("midir-test.safetensors") and settings["refine"] == 5
@@ -344,7 +365,7 @@ def test_backend_failure_shows_its_message(scene, stroke):
     logic = RegistrationLogic(scene)
     run = logic.start(RegistrationParameters(fixed_volume=fixed, moving_volume=moving, method="no-such-method"))
     with pytest.raises(RegistrationFailed, match="no-such-method"):
-        logic.run_to_end(run)
+        run_to_end(run)
     assert scene_snapshot(scene) == before
 
 
@@ -374,7 +395,7 @@ def test_cine_sequence_registered_to_a_reference_frame(scene):
     logic = RegistrationLogic(scene)
     run = logic.start_sequence(RegistrationParameters(quality="fast"), sequence, reference_index=0)
     fractions = []
-    outputs = logic.run_to_end(run, on_progress=lambda run, report: fractions.append(run.fraction))
+    outputs = run_to_end(run, on_progress=lambda run, report: fractions.append(run.fraction))
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
 
     transforms, warped = outputs.transform_sequence, outputs.warped_sequence

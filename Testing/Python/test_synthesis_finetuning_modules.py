@@ -29,8 +29,7 @@ def method_body(text: str, name: str) -> str:
 def test_cmake_ships_the_helpers_of_the_new_modules(tmp_path):
     modules, _ = cmake_calls(tmp_path)
     shared = modules["DeepMultiModalReg"]["scripts"]
-    for path in ("dmmreg/slicer/synthesis_logic.py", "dmmreg/slicer/selftest/synthesis_scene.py", "dmmreg/slicer/finetuning_logic.py",
-                 "dmmreg/slicer/selftest/finetuning_scene.py", "dmmreg/slicer/scene_cohort.py"):
+    for path in ("dmmreg/slicer/synthesis_logic.py", "dmmreg/slicer/finetuning_logic.py", "dmmreg/slicer/scene_cohort.py"):
         assert path in shared
     assert modules["DeepMultiModalRegSynthesis"]["scripts"] == ["DeepMultiModalRegSynthesis.py"]
     assert modules["DeepMultiModalRegFineTuning"]["scripts"] == ["DeepMultiModalRegFineTuning.py"]
@@ -77,13 +76,13 @@ def test_synthesis_self_test_bad_inputs_raise_on_slicer_core():
 def test_synthesis_widget_runs_in_the_background_and_displays_live():
     text = module_file("DeepMultiModalRegSynthesis").read_text(encoding="utf-8")
     shared = widget_helpers_text()  # the mixins of dmmreg.slicer.widgets the widget uses
-    assert {"BackgroundRun", "DeviceChoice", "MethodModelChoice"} <= set(widget_base_names("DeepMultiModalRegSynthesis"))
+    assert {"RunControls", "DeviceChoice", "MethodModelChoice"} <= set(widget_base_names("DeepMultiModalRegSynthesis"))
     apply = method_body(text, "onApplyButton")
     assert "self._mayStartRun()" in apply and "self.logic.synthesis.start(" in apply and "except InputError" in apply
     assert "self._runStarted(run," in apply
     # Apply was Cancel: the run is cancelled; else Apply becomes Cancel once the run started
     assert "self._cancel()" in method_body(shared, "_mayStartRun") and "self.run.cancel()" in method_body(shared, "_cancel")
-    assert "_setupBackgroundRun(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel)" in text
+    assert "_setupRunControls(self.ui.applyButton, self.ui.progressBar, self.ui.statusLabel)" in text
     assert '_runButton.text = "Cancel"' in method_body(shared, "_runStarted")
     assert "self.run.poll()" in method_body(shared, "onTimer") and "_runProgressBar.value" in method_body(shared, "onTimer")
     assert "self._finishRun(outputs)" in method_body(shared, "_collectRun")
@@ -167,11 +166,11 @@ def test_finetuning_widget_cancels_through_the_logic_and_shows_the_curves():
     cancel = method_body(text, "_cancel")
     assert "stopping" in cancel and "run.cancel()" in cancel and "startButton.enabled = False" in cancel
     assert cancel.index("stopping") < cancel.index("run.cancel()")
-    assert "BackgroundRun" in widget_base_names("DeepMultiModalRegFineTuning")
+    assert "RunControls" in widget_base_names("DeepMultiModalRegFineTuning")
     start = method_body(text, "onStartButton")
     assert "self._mayStartRun()" in start and "self.logic.finetuning.start(" in start and "except InputError" in start
     assert "self._cancel()" in method_body(widget_helpers_text(), "_mayStartRun")  # Start was Cancel
-    assert "_setupBackgroundRun(self.ui.startButton," in text and "self._runStarted(run," in start
+    assert "_setupRunControls(self.ui.startButton," in text and "self._runStarted(run," in start
     assert "scene_cohort.parameters_from_panel(p, slicer.mrmlScene)" in start
     assert "ShowChartInLayout(curve.chart)" in method_body(text, "_showChart")
     assert "self._curves.validation" in method_body(text, "_showChart")

@@ -19,6 +19,7 @@ import torch
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
 from dmmreg.slicer import mrml  # noqa: E402
+from dmmreg.slicer.background import run_to_end  # noqa: E402
 from dmmreg.errors import InputError  # noqa: E402
 from dmmreg.geometry import Geometry
 from dmmreg.image import Image
@@ -115,7 +116,7 @@ def preview(tmp_path_factory, stroke_paths):
     parameters = SynthesisParameters(fixed_volume=nodes["T2"], moving_volume=nodes["T1"], method="fire",
                                      model=model, device="cpu")
     logic = SynthesisLogic(scene)
-    outputs = logic.run_to_end(logic.start(parameters))
+    outputs = run_to_end(logic.start(parameters))
     return dict(scene=scene, nodes=nodes, before=before, outputs=outputs, parameters=parameters)
 
 
@@ -228,7 +229,7 @@ def test_single_slice_volumes_give_single_slice_synthesised_volumes(slices):
     scene = slicer.vtkMRMLScene()
     nodes = {c: mrml.add_volume_node(scene, read_image(slices[c]), c) for c in ("T1", "T2")}
     logic = SynthesisLogic(scene)
-    outputs = logic.run_to_end(logic.start(SynthesisParameters(nodes["T2"], nodes["T1"], "fire", slices["model"], "cpu")))
+    outputs = run_to_end(logic.start(SynthesisParameters(nodes["T2"], nodes["T1"], "fire", slices["model"], "cpu")))
     assert set(outputs.volumes) == KEYS and outputs.table.GetNumberOfRows() == 2
     for node in outputs.volumes.values():
         assert mrml.geometry_from_volume_node(node) == mrml.geometry_from_volume_node(nodes["T2"])

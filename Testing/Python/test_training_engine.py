@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 
 from dmmreg import model_io
 from dmmreg.training.cohorts import read_cohort
-from dmmreg.errors import InputError
+from dmmreg.errors import Cancelled, InputError
 from dmmreg.methods.disentangled import Disentangled, DisentangledConfig
 from dmmreg.methods.midir import Midir, MidirConfig
-from dmmreg.training.trainer import Cancelled, Trainer, validate
+from dmmreg.training.trainer import Trainer, validate
 from dmmreg.training.pairs import PairSampler, PairSettings, load_cohort
 from dmmreg.training.jobs import TrainingJob, cancel_on_signals, resume_job, run_job
 

@@ -70,13 +70,19 @@ def method_class(name: str):
     return _module(name).MODEL
 
 
-def check_model_options(method: str, model: str | None, refine: int) -> None:
+#: The learned methods' default refinement (their accurate mode): as many ``optimise`` iterations
+#: from the network's answer as the ``balanced`` optimisation does at its finest level
+#: (test_learned_methods keeps the two equal); ``--refine 0`` gives the network alone.
+DEFAULT_REFINE_ITERATIONS = 20
+
+
+def check_model_options(method: str, model: str | None, refine: int | None) -> None:
     """``InputError`` unless ``model`` and ``refine`` fit ``method``: both are for the learned
-    methods only, and ``refine`` counts iterations (0 or more)."""
+    methods only, and ``refine`` counts iterations (0 or more; None: the default)."""
     if (model or refine) and method not in LEARNED_METHODS:
         raise InputError(f"--model and --refine apply to the learned methods ({', '.join(LEARNED_METHODS)}), "
                          f"not to {method!r}: choose one of them, or leave the model and refinement out")
-    if refine < 0:
+    if refine is not None and refine < 0:
         raise InputError(f"the refinement (--refine) must be 0 or more iterations, not {refine}")
 
 

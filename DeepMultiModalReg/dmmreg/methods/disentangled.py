@@ -1,68 +1,34 @@
 """Method ``disentangled``: Wu & Zhou, "A disentangled representations based unsupervised deformable
 framework for cross-modality image registration" (002_0584f023bf238d80.txt).
 
-What the paper does
--------------------
-1. A representation disentangling model (RDM, sec. II-B, Fig. 1b; MUNIT, its ref. [12]) splits an
-   image of either modality into a shared, domain-invariant *content* code (a spatial map) and a
-   domain-specific *style* code; swapping style codes translates between the modalities.  It is
-   trained first (stage ``"disentangle"``) with the loss of eq. (3)
-   ``10 L_recon + 1 L_lat + 10 L_cc + 1 L_adv`` (weights from sec. II-D): in-domain reconstruction
-   (eqs. 4-5), latent reconstruction of both content and style codes after translation (eqs.
-   6-7), cross-cycle consistency (eq. 8) and adversarial losses with a discriminator per domain
-   (eq. 9); Adam, learning rate 1e-3.
-2. The RDM is then fixed and a registration network ``R`` (sec. II-A) is trained (stage
-   ``"register"``) in both directions with shared weights, ``phi_1 = R(x, y)`` (x onto y) and
-   ``phi_2 = R(y, x)`` (y onto x), on eq. (12): ``1 L_smooth(phi_1) + 1 L_smooth(phi_2) + 1 L_c
-   + 5 MSD`` -- MSD (eq. 10) between each image and the *other* image warped and translated into
-   its modality (eq. 2), content consistency ``L_c`` (eq. 11, L1 between the content codes of
-   the warped image and of the target) and diffusion smoothness; Adam, learning rate 1e-4.
+A representation disentangling model (RDM, sec. II-B, Fig. 1b, MUNIT-style [12]) splits an image
+of either modality into a shared content map and a domain-specific style code; it is trained
+first (stage ``"disentangle"``) on eq. (3), ``10 L_recon + 1 L_lat + 10 L_cc + 1 L_adv`` (eqs.
+4-9, sec. II-D), Adam 1e-3.  The RDM is then frozen and a registration network ``R`` (sec. II-A)
+is trained (stage ``"register"``) both ways with shared weights, ``phi_1 = R(x, y)``, ``phi_2 =
+R(y, x)``, on eq. (12): ``L_smooth(phi_1) + L_smooth(phi_2) + L_c + 5 MSD`` (MSD to the other
+image warped and translated, eqs. 2, 10; L1 content consistency, eq. 11), Adam 1e-4.
 
-How it maps onto the framework
-------------------------------
-Domain ``x`` (the paper's moving modality, T1w) is the contrast of the training batches' moving
-images, domain ``y`` (target, T2w) that of their fixed images; a model registers images of these
-two contrasts in this role.  ``phi_1`` is the displacement of :class:`Prediction`, ``phi_2`` (R
-with its inputs swapped: the fixed image registered to the moving one, a map from the moving grid
-to the fixed grid) its ``inverse_displacement``; nothing in the paper makes the two exact
-inverses, they are the network's two answers.  ``synthesised``: ``"moving_in_fixed_contrast" =
-G_y(E_c^x(moving), E_s^y(fixed))`` and ``"fixed_in_moving_contrast" = G_x(E_c^y(fixed),
-E_s^x(moving))``: at inference, as in eq. (2), the style code of each translation is encoded from
-the given image of the target contrast.  The RDM is frozen (``requires_grad`` off) when the
-``"register"`` stage's optimiser is made, and the stage's optimiser holds R's parameters only.
+Follows the paper: ``x`` is the moving images' contrast, ``y`` the fixed ones'; ``phi_1`` is the
+displacement, ``phi_2`` the inverse (two answers of the network, not exact inverses); at
+inference each translation takes its style from the given image of the target contrast (eq. 2);
+bilinear warping (eq. 1).  The paper is 2D; 3D runs with 3D kernels of the same sizes.
 
-Open details and deviations
----------------------------
-* The paper is 2D; the same networks run in 3D (``dim``), with 3D kernels of the same sizes.
-* The RDM's layers are not given beyond "built on [12]": MUNIT's architecture and default sizes
-  are used (:mod:`dmmreg.networks.disentangled_nets`).  R's depth and widths are not given: a
-  4-level encoder (16, 32, 32, 32 channels) and 3-level decoder (32 each), VoxelMorph's sizes.
-* Eq. (9) is the cross-entropy GAN loss; the discriminators minimise its negative (MUNIT's
-  ``nsgan`` option), the generators minimise the non-saturating ``-log D(fake)`` instead of
-  ``log(1 - D(fake))`` (whose gradient vanishes while D wins, Goodfellow et al. 2014).  Each
-  update of the stage steps the discriminators first, then the encoders and generators (MUNIT's
-  ``dis_update``, ``gen_update``), both Adam with MUNIT's betas (0.5, 0.999).
-* Eq. (9)'s sampling distributions are garbled in the text; the translations use encoded style
-  codes, ``G_y(C_x, S_y)`` with ``S_y = E_s^y(y)``, as eqs. (6)-(8) write them (MUNIT draws
-  style codes from N(0, I) instead).  ``L_lat`` has four terms; the text gives two (eqs. 6-7),
-  the other two are their mirror images (``||E_c^x(G_x(C_y, S_x)) - C_y||``, ``||E_s^x(G_x(C_y,
-  S_x)) - S_x||``).
-* Sec. II-D also lists "gamma_rec = 20, gamma_lat = 10, gamma_cc = 20, gamma_adv = 1", which no
-  equation uses; eq. (3) names the lambdas (10, 1, 10, 1, MUNIT's image / latent / GAN weights),
-  which are the defaults here; all four are settings.
-* The L1 norms of eqs. (4)-(8) and (11) are taken as means over voxels and channels (MUNIT's
-  reconstruction criterion), and ``L_smooth`` (written as a sum over Omega) as the mean of
-  ``|grad u|^2`` of the displacement ``u = phi - id`` (:func:`dmmreg.regularisers.diffusion`, per
-  mm, so the same at any spacing; the identity's gradient is constant):
-  with sums the gamma weights would compare a smoothness over all voxels with the MSD of eq. (10),
-  which is a mean, and the fields could not move.
-* Eq. (1) (bilinear resampling) is :func:`~dmmreg.methods.learned.warp_on_grid`.
-* Training data: the paper pre-trains the RDM on 5400 paired (aligned) T1w/T2w slices.  Its
-  losses never compare the two contrasts voxel by voxel, so unaligned pairs serve as well, but
-  with few images the discriminators learn where the real images' structures lie and the
-  generators move the anatomy there, which offsets the content spaces of the two domains (brief
-  training on the one known-warp pair of the tests left T1 codes closest to a T2 shifted by about
-  4 mm); train the ``"disentangle"`` stage on many images.
+Deviates or chooses:
+* RDM layers beyond "built on [12]": MUNIT's; R's sizes are not given: VoxelMorph's (encoder 16,
+  32, 32, 32; decoder 32, 32, 32).
+* Eq. (9): discriminators minimise the cross-entropy (MUNIT's ``nsgan``), generators the
+  non-saturating ``-log D(fake)`` (``log(1 - D)``'s gradient vanishes while D wins); D steps
+  first, then the generators, Adam betas (0.5, 0.999) (MUNIT).
+* Eq. (9)'s sampling is garbled: encoded style codes as in eqs. (6)-(8) (MUNIT draws N(0, I));
+  ``L_lat`` gets the mirror images of eqs. 6-7 as its other two terms.
+* Sec. II-D's unused "gamma_rec = 20, gamma_lat = 10, gamma_cc = 20" are ignored; eq. (3)'s
+  lambdas (10, 1, 10, 1) are the defaults.  L1 norms and ``L_smooth`` are means (a sum would
+  outweigh the mean MSD of eq. 10 and the fields could not move); ``L_smooth`` per mm.
+* The paper pre-trains on 5400 aligned pairs; its losses never compare the contrasts voxel by
+  voxel, so unaligned pairs serve, but with few images the discriminators learn where structures
+  lie and offset the domains' content spaces: train ``"disentangle"`` on many images
+  (benchmarks/README.md, "Disentangled").
 """
 
 from __future__ import annotations
@@ -174,7 +140,10 @@ class Disentangled(LearnedMethod):
         return index_to_physical_vectors(self.registration(moving, target), geometry)
 
     def predict(self, fixed: torch.Tensor, moving: torch.Tensor, geometry: Geometry) -> Prediction:
-        """``phi_1 = R(moving, fixed)``; inverse: ``phi_2 = R(fixed, moving)``; both translations."""
+        """``phi_1 = R(moving, fixed)``; inverse: ``phi_2 = R(fixed, moving)`` (the fixed image
+        registered to the moving one, a map from the moving grid to the fixed grid); both
+        translations: ``"moving_in_fixed_contrast" = G_y(E_c^x(moving), E_s^y(fixed))`` and
+        ``"fixed_in_moving_contrast" = G_x(E_c^y(fixed), E_s^x(moving))``."""
         return Prediction(
             displacement=self.displacement(moving, fixed, geometry),
             inverse_displacement=self.displacement(fixed, moving, geometry),
@@ -186,7 +155,14 @@ class Disentangled(LearnedMethod):
 
     def loss_terms(self, batch: TrainingBatch, stage: str) -> dict[str, torch.Tensor]:
         """Stage ``"disentangle"``: the encoders' and generators' loss, eq. (3); ``"register"``:
-        R's loss, eq. (12).  ``x`` = the moving images, ``y`` = the fixed images."""
+        R's loss, eq. (12).  ``x`` = the moving images, ``y`` = the fixed images.
+
+        ``L_lat`` has four terms: eqs. (6)-(7) and their mirror images ``||E_c^x(G_x(C_y, S_x)) -
+        C_y||``, ``||E_s^x(G_x(C_y, S_x)) - S_x||``.  The L1 norms of eqs. (4)-(8) and (11) are
+        means over voxels and channels (MUNIT's reconstruction criterion); ``L_smooth`` (written
+        as a sum over Omega) is the mean of ``|grad u|^2`` of ``u = phi - id``
+        (:func:`dmmreg.regularisers.diffusion`, per mm, so the same at any spacing; the
+        identity's gradient is constant)."""
         if stage == "disentangle":
             return self._disentangling_terms(batch.moving, batch.fixed)
         if stage == "register":
@@ -257,7 +233,8 @@ class Disentangled(LearnedMethod):
 
     def make_optimisers(self, stage: str) -> list[torch.optim.Optimizer]:
         """``"disentangle"``: [encoders and generators, discriminators], Adam 1e-3, betas (0.5,
-        0.999); ``"register"``: [R], Adam 1e-4, with the RDM frozen (sec. II-D)."""
+        0.999); ``"register"``: [R], Adam 1e-4, with the RDM frozen (sec. II-D; ``requires_grad``
+        off when this optimiser is made)."""
         cfg = self.config
         if stage == "disentangle":
             self.rdm.requires_grad_(True)

@@ -1,92 +1,30 @@
 """Method ``fire``: FIRE (Wang et al., Sensors 2022; 000_9877b33c2dcaa129.txt), bi-directional
 cross-modality synthesis with factorised affine + non-rigid transformation networks.
 
-The paper (sec. 3.1)
---------------------
-One synthesis encoder ``G`` maps either contrast to modality-invariant features; two decoders
-``F_AB``, ``F_BA`` render features in the other contrast; two transformation networks
-``T_AB(G(x_A), G(x_B))`` and ``T_BA(G(x_B), G(x_A))`` each consist of an affine subnetwork
-followed by a non-rigid one (sec. 3.3), giving ``phi = phi_af o phi_nr``.  Everything is
-trained end to end on ``L = L_syn + L_reg + R`` (eq. 1), all terms RMS errors on normalised
-inputs (sec. 3.4), with three Adam optimisers (sec. 3.8): affine subnetworks 1e-5, non-rigid
-subnetworks 5e-5, G and both F 1e-4 (``FireConfig.learning_rate_*``).  Loss terms
-(``x o phi`` is ``x`` resampled through ``phi``):
+One synthesis encoder ``G`` maps either contrast to modality-invariant features, decoders
+``F_AB``, ``F_BA`` render them in the other contrast (sec. 3.2), and transformation networks
+``T_AB(G(x_A), G(x_B))``, ``T_BA`` each chain an affine and a non-rigid subnetwork, ``phi =
+phi_af o phi_nr`` (sec. 3.3), the field computed on G's grid and resampled for images (sec.
+3.6).  Everything trains end to end on RMS synthesis, registration and regularisation losses
+(eqs. 1-13, sec. 3.4-3.7) with three Adam optimisers, 1e-5 affine, 5e-5 non-rigid, 1e-4 G/F
+(sec. 3.8).  ``A`` is the moving contrast, ``B`` the fixed one (see :class:`Fire`).
 
-* eq. 2  ``synthesis_accuracy``   RMS(F_AB(G(x_A) o phi_AB), x_B) + RMS(F_BA(G(x_B) o phi_BA), x_A)
-* eq. 3  ``synthesis_feature``    RMS(G(x_A), G(x_B) o phi_BA) + RMS(G(x_B), G(x_A) o phi_AB)
-* eq. 4  ``synthesis_cycle``      RMS(F_BA(G(F_AB(G(x_A)))), x_A) + RMS(F_AB(G(F_BA(G(x_B)))), x_B)
-* eq. 5  ``synthesis_alignment``  RMS(G(x_A), G(F_AB(G(x_A)))) + RMS(G(x_B), G(F_BA(G(x_B))))
-* eq. 7  ``registration_accuracy`` RMS(F_AB(G(x_A o phi_AB)), x_B) + RMS(F_BA(G(x_B o phi_BA)), x_A)
-* eq. 8  ``inverse_consistency``  RMS(x_A, x_A o phi_AB o phi_BA) + RMS(x_B, x_B o phi_BA o phi_AB)
-* eq. 11 ``synthesis_regularisation``    RMS(x_B, F_AB(G(x_A) o phi_af_AB)) + RMS(x_A, F_BA(G(x_B) o phi_af_BA))
-* eq. 12 ``registration_regularisation`` RMS(x_B, F_AB(G(x_A o phi_af_AB))) + RMS(x_A, F_BA(G(x_B o phi_af_BA)))
-* eq. 10 ``bending_energy``       ||grad^2 phi_nr_AB||^2 + ||grad^2 phi_nr_BA||^2, weighted by lambda (eq. 13)
+Follows the paper: G, F and T as sec. 3.2-3.3 give them; the loss terms and weights of eq. 1
+(:meth:`Fire.loss_terms`); the three optimisers; 2D and 3D, 4D (cine) frame by frame from the
+Slicer sequence logic, as sec. 5.3 registers 3D phases to the first.
 
-``total`` = eqs. 2 + 3 + 4 + 5 + 7 + ``inverse_consistency_weight`` x 8 + 11 + 12 + lambda x 10
-(the weight is 1 in the paper; 0 switches the term off for comparison).
-
-Mapping onto the framework
---------------------------
-``A`` is the moving contrast, ``B`` the fixed one.  ``x_A o phi_AB`` is compared with ``x_B``,
-so ``phi_AB`` maps fixed-grid points to moving points: it is the resampling map of the
-prediction, ``phi_AB(p) = A_AB(p + u_AB(p))`` (``x o phi_af o phi_nr (p) = x(A(p + u(p)))``, the
-non-rigid field acting first on the fixed-grid point, sec. 3.6).  ``phi_BA`` maps moving-grid
-points to fixed points, the inverse map ``T^-1(q) = A_BA(q + u_BA(q))`` of the prediction.
-``predict`` returns ``phi_AB`` as (affine, displacement), ``phi_BA`` as (inverse_affine,
-inverse_displacement) and the synthesised images F_AB(G(x_A)) ("moving_in_fixed_contrast") and
-F_BA(G(x_B)) ("fixed_in_moving_contrast").  Both networks are 2D or 3D by ``config.dim``; 4D
-(cine) data (sec. 4.2) are registered frame by frame by the Slicer sequence logic
-(:class:`dmmreg.slicer.registration_logic.SequenceRegistrationRun`), as the paper's 4D experiment registers
-3D phases to the first phase (sec. 5.3).
-
-Geometry.  G works at a quarter of the model-grid resolution (two stride-2 blocks).  Its
-feature grid is taken to span the same field of view, corner voxel centres on the model
-grid's (the ``align_corners`` convention of the decoder's upsampling).  The affine subnetwork
-sees the concatenated features ``[G(x_A), G(x_B)]`` (sec. 3.3: "the input of the affine
-subnetwork is the concatenated features obtained from the two input images"; sec. 3.1:
-``phi = T(G(x_A), G(x_B))``); its outputs are the STN matrix on normalised coordinates
-``[-1, 1]`` of the model grid and are converted to a physical affine.  The non-rigid
-subnetwork receives ``G(x_A) o phi_af`` and ``G(x_B)``; its Tanh output is a displacement in
-normalised coordinates (sec. 3.3) on the feature grid, converted to mm and, as sec. 3.6 says,
-"calculated on G(x) and linearly resampled before being applied to image x".  Features are
-warped with the coarse field, images with the resampled one.
-
-Reconstructed formulas and open details
----------------------------------------
-* Eq. 7 as extracted reads ``F_AB(G(x_A) phi_AB)``, identical to eq. 2; sec. 3.6 ("the
-  synthesised image obtained from a transformed x_A image should be identical to x_B") and
-  sec. 3.8 ("computing L_reg requires the input of the transformed images into G, which creates
-  a circular computing graph") say the *image* is warped, then encoded: ``F_AB(G(x_A o phi_AB))``,
-  by analogy with eq. 12.
-* Eq. 8's composition ``x_A phi_AB phi_BA`` is read as ``x_A(phi_AB(phi_BA(q)))``: x_A warped to
-  B's frame and back; the composed map is sampled once (no double interpolation).
-* lambda (sec. 3.7), extracted as "λ = 22n/10N", is read as ``lambda = 2^(2n) / (10 N)``, n the
-  dimension and N the number of model-grid points.  As the field lives on the feature grid of
-  ``N / 4^n`` points, ``lambda ||.||^2`` (a sum over that grid) is 0.1 x the mean squared second
-  derivative: the reading that makes the weight independent of the image size.  The field is
-  differentiated in its own units (normalised coordinates, per feature-grid voxel, central
-  differences).  The text calls the term both "bending energy" and the squared Laplacian; we use
-  the bending energy (all second derivatives, :func:`dmmreg.regularisers.bending_energy`), whose
-  integral equals that of the squared Laplacian for fields vanishing at the border.
-* Affine subnetwork sizes, extracted as "(1 × 8, 7)", "8 × 10, 5" and "16 × 20, 2": read as
-  (input -> output channels, kernel) of the PyTorch STN localisation network the paper cites
-  [8] (1 -> 8, k 7; 8 -> 10, k 5), the input being the concatenated features; the third "16 x 20"
-  does not chain with 10 outputs and is taken as 10 -> 20, kernel 2.  All three have stride 2
-  and padding ``k // 2`` (so that 1/4-resolution features of a small grid keep more than one
-  voxel for instance norm).  The first layer is followed by ReLU (as in [8]).  The dense layers'
-  width is not given: 32 hidden units, as in [8].  The last layer starts near zero (identity).
-* Non-rigid subnetwork widths (Figure 3, not in the text): one 3x3 block of 64 channels per
-  input, a residual block of 128, a 3x3 convolution to ``dim`` channels (starting near zero)
-  and Tanh.
-* Decoder (sec. 3.2): "two convolutional layers used for upsampling (3 × 3, 128; 3 × 3, 64) with
-  stride 1" is implemented as linear 2x upsampling followed by each 3x3 stride-1 block; the
-  "(7 × 7, 3)" block keeps its 3 channels (CycleGAN's RGB output), then the 1x1 convolution to
-  one channel and Tanh.  Tanh is read as ``(1 + tanh) / 2`` so synthesised images are compared
-  with the [0, 1]-normalised images of the framework.  Padding is zero padding (CycleGAN uses
-  reflection padding) and instance norm has learned scale and shift.
-* Adam's other settings are not given: PyTorch defaults.  The RMS terms use the whole model
-  grid (the paper uses no masks).  The 144,000 iterations of the paper are a training-script
-  choice (:func:`dmmreg.training.trainer.train`), not part of the model.
+Deviates or reconstructs (the text extraction garbled formulas and lost Figure 3):
+* Eq. 7 reads like eq. 2; sec. 3.6 and 3.8 say the image is warped, then encoded:
+  ``F_AB(G(x_A o phi_AB))``, like eq. 12.  Eq. 8's ``x_A phi_AB phi_BA`` is one composed map.
+* lambda (sec. 3.7, "λ = 22n/10N") is read as ``2^(2n) / (10 N)``, 0.1 x the mean squared second
+  derivative on the feature grid, independent of image size; bending energy (all second
+  derivatives) for the text's bending energy / squared Laplacian (equal integrals).
+* Affine subnetwork "(1 × 8, 7)", "8 × 10, 5", "16 × 20, 2" read as (in -> out, kernel) of the
+  cited STN [8], the third as 10 -> 20 to chain; stride 2, padding ``k // 2``; 32 hidden units.
+* Non-rigid widths (Figure 3 only): 64 per input, residual block 128, output near zero + Tanh.
+* Decoder: 2x linear upsampling before each stride-1 block; Tanh read as ``(1 + tanh) / 2`` for
+  [0, 1] images; zero padding (CycleGAN: reflection).  Adam's other settings: PyTorch's.
+* Last layers start near zero (identity); the paper's 144,000 iterations are a training choice.
 """
 
 from __future__ import annotations
@@ -182,7 +120,21 @@ class Transformation:
 
 class TransformationNetwork(nn.Module):
     """T (sec. 3.3): the affine subnetwork, then the non-rigid subnetwork on the affinely warped
-    moving features and the fixed features."""
+    moving features and the fixed features.
+
+    G works at a quarter of the model-grid resolution (two stride-2 blocks); its feature grid
+    spans the same field of view, corner voxel centres on the model grid's (:class:`Grids`).  The
+    affine subnetwork sees ``[G(x_A), G(x_B)]`` (sec. 3.3: "the concatenated features obtained
+    from the two input images"; sec. 3.1: ``phi = T(G(x_A), G(x_B))``) and outputs the STN matrix
+    on the normalised coordinates ``[-1, 1]`` of the model grid, converted to a physical affine.
+    Its layers (1 -> 8, k 7; 8 -> 10, k 5; 10 -> 20, k 2, the input being the concatenated
+    features) have stride 2 and padding ``k // 2`` so that 1/4-resolution features of a small grid
+    keep more than one voxel for instance norm; the first is followed by ReLU and the dense
+    layers have 32 hidden units, as in the STN the paper cites [8]; the last starts near zero.
+    The non-rigid subnetwork receives ``G(x_A) o phi_af`` and ``G(x_B)``; its Tanh output is a
+    displacement in normalised coordinates on the feature grid (sec. 3.3), converted to mm and,
+    as sec. 3.6 says, "calculated on G(x) and linearly resampled before being applied to image
+    x": features are warped with the coarse field, images with the resampled one."""
 
     def __init__(self, config: FireConfig):
         super().__init__()
@@ -205,7 +157,21 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class Fire(LearnedMethod):
-    """FIRE: see the module docstring."""
+    """FIRE (see the module docstring).
+
+    ``A`` is the moving contrast, ``B`` the fixed one.  ``x_A o phi_AB`` is compared with
+    ``x_B``, so ``phi_AB`` maps fixed-grid points to moving points: it is the resampling map of
+    the prediction, ``phi_AB(p) = A_AB(p + u_AB(p))`` (``x o phi_af o phi_nr (p) = x(A(p +
+    u(p)))``, the non-rigid field acting first on the fixed-grid point, sec. 3.6).  ``phi_BA``
+    maps moving-grid points to fixed points, the inverse map ``T^-1(q) = A_BA(q + u_BA(q))``.
+    4D (cine) data (sec. 4.2) are registered frame by frame by
+    :class:`dmmreg.slicer.registration_logic.SequenceRegistrationRun`.
+
+    Decoder details (sec. 3.2): "two convolutional layers used for upsampling (3 × 3, 128;
+    3 × 3, 64) with stride 1" are linear 2x upsampling, each followed by a 3x3 stride-1 block;
+    the "(7 × 7, 3)" block keeps its 3 channels (CycleGAN's RGB output), then a 1x1 convolution
+    to one channel and ``(1 + tanh) / 2``; zero padding, instance norm with learned scale and
+    shift.  The RMS terms use the whole model grid (the paper uses no masks)."""
 
     name = "fire"
     config_class = FireConfig
@@ -235,6 +201,9 @@ class Fire(LearnedMethod):
         return g_a, g_b, grids, self.transform_ab(g_a, g_b, grids), self.transform_ba(g_b, g_a, grids)
 
     def predict(self, fixed: torch.Tensor, moving: torch.Tensor, geometry: Geometry) -> Prediction:
+        """``phi_AB`` as (affine, displacement), ``phi_BA`` as (inverse_affine,
+        inverse_displacement), and the synthesised ``F_AB(G(x_A))`` ("moving_in_fixed_contrast")
+        and ``F_BA(G(x_B))`` ("fixed_in_moving_contrast")."""
         g_a, g_b, _, ab, ba = self._transformations(moving, fixed, geometry)
         shape = tuple(fixed.shape[2:])
         return Prediction(
@@ -247,6 +216,30 @@ class Fire(LearnedMethod):
         )
 
     def loss_terms(self, batch: TrainingBatch, stage: str) -> dict[str, torch.Tensor]:
+        """The terms of eq. 1 (``x o phi``: ``x`` resampled through ``phi``; RMS on [0, 1] images):
+
+        * eq. 2  ``synthesis_accuracy``   RMS(F_AB(G(x_A) o phi_AB), x_B) + RMS(F_BA(G(x_B) o phi_BA), x_A)
+        * eq. 3  ``synthesis_feature``    RMS(G(x_A), G(x_B) o phi_BA) + RMS(G(x_B), G(x_A) o phi_AB)
+        * eq. 4  ``synthesis_cycle``      RMS(F_BA(G(F_AB(G(x_A)))), x_A) + RMS(F_AB(G(F_BA(G(x_B)))), x_B)
+        * eq. 5  ``synthesis_alignment``  RMS(G(x_A), G(F_AB(G(x_A)))) + RMS(G(x_B), G(F_BA(G(x_B))))
+        * eq. 7  ``registration_accuracy`` RMS(F_AB(G(x_A o phi_AB)), x_B) + RMS(F_BA(G(x_B o phi_BA)), x_A)
+        * eq. 8  ``inverse_consistency``  RMS(x_A, x_A o phi_AB o phi_BA) + RMS(x_B, x_B o phi_BA o phi_AB)
+        * eq. 11 ``synthesis_regularisation``    RMS(x_B, F_AB(G(x_A) o phi_af_AB)) + RMS(x_A, F_BA(G(x_B) o phi_af_BA))
+        * eq. 12 ``registration_regularisation`` RMS(x_B, F_AB(G(x_A o phi_af_AB))) + RMS(x_A, F_BA(G(x_B o phi_af_BA)))
+        * eq. 10 ``bending_energy``       ||grad^2 phi_nr_AB||^2 + ||grad^2 phi_nr_BA||^2
+
+        ``total`` = eqs. 2 + 3 + 4 + 5 + 7 + ``inverse_consistency_weight`` x 8 + 11 + 12 + lambda
+        x 10 (the weight is 1 in the paper; 0 switches the term off for comparison).  Eq. 7 as
+        extracted reads ``F_AB(G(x_A) phi_AB)``, identical to eq. 2; sec. 3.6 ("the synthesised
+        image obtained from a transformed x_A image should be identical to x_B") and sec. 3.8
+        ("computing L_reg requires the input of the transformed images into G, which creates a
+        circular computing graph") say the image is warped, then encoded.  Eq. 8 is read as
+        ``x_A(phi_AB(phi_BA(q)))``, the composed map sampled once (no double interpolation).
+        Eq. 10 differentiates the field in its own units (normalised coordinates, per
+        feature-grid voxel, central differences), summed over the feature grid of ``N / 4^n``
+        points, so ``lambda = 2^(2n) / (10 N)`` makes it 0.1 x the mean squared second
+        derivative; the bending energy (:func:`dmmreg.regularisers.bending_energy`) has the
+        integral of the squared Laplacian for fields vanishing at the border."""
         x_a, x_b, geometry = batch.moving, batch.fixed, batch.geometry
         shape = tuple(x_a.shape[2:])
         g_a, g_b, grids, ab, ba = self._transformations(x_a, x_b, geometry)

@@ -3,60 +3,31 @@ registration" (004_b2c378d3610a3326.txt): coarse registration, modal translation
 registration helped by the translated image; the final map is the coarse map composed with the
 fine one.
 
-The paper, section 2, and how it maps onto the framework
---------------------------------------------------------
-Three U-nets, trained one after the other (sec. 3.1: "Networks are trained by stages. Weights of
-each network is frozen on completion of [its] training"), so ``stages = ("coarse",
-"translation", "fine")``; each stage's optimiser holds only its own network, and the networks
-of the other stages run without gradients.  There is no joint stage in the paper.
+Three U-nets trained one after the other, each frozen when done (sec. 3.1), so ``stages =
+("coarse", "translation", "fine")``, each stage's optimiser over its own network, no joint stage.
+G1 (sec. 2.1, eq. 1): ``(F, M) -> phi0``, smoothness plus MI both ways (``phi0^-1``), VoxelMorph's
+bidirectional strategy [3].  G2 (sec. 2.2, eq. 2): ``M_t = M + Mask``, ``Mask = G2(F, M)``, MI
+structure terms and the MSE of ``M_t o phi0`` to ``F``.  G3 (sec. 2.3, eq. 3): ``phi1`` from
+``F``, the coarse-warped ``M`` and ``M_t``; smoothness, MI and MSE of ``phi = phi0 o phi1``.
+Weights (sec. 3.1): ``a1 = 0.02, b1 = 0.15; a2 = 0.02, b2 = 0.02, l2 = 2.5; a3 = 0.02, b3 =
+0.1, l3 = 1.5``; Adam.
 
-* **G1, coarse registration** (sec. 2.1, eq. 1): ``(F, M) -> phi0`` and its inverse,
-  ``L1 = a1 Lsmooth(phi0) + b1 Lmi(M o phi0, F) + b1 Lmi(F o phi0^-1, M)``.  The paper takes the
-  "bidirectional registration strategy" and its equal weights from VoxelMorph [3]; VoxelMorph
-  obtains ``phi^-1`` by predicting a stationary velocity field ``v`` with ``phi = exp(v)`` and
-  ``phi^-1 = exp(-v)`` (scaling and squaring, ``velocity_steps`` squarings, VoxelMorph's 7), and
-  so does G1 here.
-* **G2, modal translation** (sec. 2.2, eq. 2): ``Mask = G2(F, M)``, ``M_t = M + Mask`` (the moving
-  image in the fixed image's contrast), ``L2 = a2 Lmi(Mask, M) + b2 Lmi(M_t, M) + l2 Lmse(M_t o
-  phi0, F)`` with ``phi0`` from the frozen G1.
-* **G3, fine registration** (sec. 2.3, eq. 3): ``phi1 = G3(F, M o phi0, M_t o phi0)``, ``phi =
-  phi0 o phi1``, ``L3 = a3 Lsmooth(phi1) + b3 Lmi(M o phi, F) + l3 Lmse(M_t o phi, F)``.
-* ``A o phi`` is ``A(phi(p))`` (VoxelMorph's notation, the paper's STN [14]), so in the
-  framework's resampling convention the final map is ``T(p) = T0(T1(p))``:
-  ``u(p) = u1(p) + u0(p + u1(p))`` (:func:`dmmreg.spatial.compose` with ``u1`` inner).
-* :meth:`HierarchicalRegistration.predict` returns that ``u``, no affine (the network is
-  deformable only; the framework pre-aligns affinely), no inverse (``phi1`` has none in the
-  paper; the framework inverts ``u`` numerically), and ``{"moving_in_fixed_contrast": M_t}``.
+Follows the paper: the stages, losses, weights and composition (``A o phi = A(phi(p))``, so
+``u(p) = u1(p) + u0(p + u1(p))``); MI over the whole grid (no masks); no inverse of ``phi1``.
 
-Weights and losses (sec. 3.1): ``a1 = 0.02, b1 = 0.15; a2 = 0.02, b2 = 0.02, l2 = 2.5;
-a3 = 0.02, b3 = 0.1, l3 = 1.5``; Adam.
-
-Details the paper leaves open, reconstructed or chosen here
------------------------------------------------------------
-* "NMI" in this paper is the *negative mutual information* (sec. 1: "Negative Mutual Information
-  (NMI) [8]"; sec. 2.1: ``L = -sum p(a,b) log p(a,b) / (p(a) p(b))``), not the normalised MI of
-  :func:`dmmreg.losses.normalised_mutual_information`; :func:`dmmreg.losses.mutual_information`
-  is that sum, in nats, on the same Gaussian-Parzen histogram (``histogram_bins`` = 32:
-  the paper gives no bin count), over the whole model grid as in the paper (no masks).
-* ``Lsmooth = sum_p |grad u(p)|^2`` is taken as a mean over the voxels
-  (:func:`dmmreg.regularisers.diffusion`, physical derivatives of mm displacements), as Keras
-  losses are means; a sum would tie the weights to the image size.
-* ``Lmse = |A - B|^2`` likewise as the mean squared difference.
-* ``Lmi(Mask, M)``: the additive mask must be able to lower and raise intensities, so G2's
-  output goes through tanh (``Mask`` in (-1, 1); images are in [0, 1]); for the histogram the
-  mask is read as ``(Mask + 1) / 2`` (MI is invariant to that affine rescaling).  G2's output
-  convolution starts near zero, so an untrained G2 leaves ``M`` unchanged.
-* G3's inputs: the paper writes ``G3(F, M, M_t)``; since the final map is ``phi0 o phi1``, ``phi1``
-  acts on the coarse-warped images, so G3 sees ``M o phi0`` and ``M_t o phi0`` (as in the
-  recursive cascades [4] the paper cites).
-* Architecture: "three networks of U-Net [13] structure", "the similar U-Net architecture", no
-  sizes.  Each is the framework's :class:`~dmmreg.networks.unet.UNet` with VoxelMorph's widths [3]
-  (the code the paper builds on and compares with): 16 channels at full resolution, 32 at four
-  halvings, decoder 32, 32, 32, 16; inputs concatenated as channels; G1 outputs a velocity, G3 a
-  displacement (in voxels, converted to mm), G2 one mask channel.  G3 predicts the displacement
-  directly: the paper asks no inverse of ``phi1``.
-* Learning rate: not given ("the ADAM [18] optimizer"); 1e-4, VoxelMorph's, for every stage.
-* The paper is 2D (128 x 128 and 176 x 176 slices); the same networks run in 3D (``dim``).
+Reconstructs or chooses (the paper leaves these open):
+* "NMI" is the *negative* mutual information (sec. 1, 2.1), not normalised MI:
+  :func:`dmmreg.losses.mutual_information` in nats, Gaussian-Parzen, 32 bins (none given).
+* G1 predicts a stationary velocity, ``phi0 = exp(v)``, ``phi0^-1 = exp(-v)`` (7 squarings), as
+  VoxelMorph [3], whose bidirectional strategy the paper takes; G3 predicts a displacement.
+* ``Lsmooth`` (a sum) and ``Lmse`` are means over voxels, as Keras losses are: a sum would tie the
+  weights to the image size.
+* The mask goes through tanh (it must lower and raise intensities), read as ``(Mask + 1) / 2``
+  for the MI; G2's output starts near zero, so an untrained G2 leaves ``M`` unchanged.
+* G3 sees ``M o phi0`` and ``M_t o phi0`` (the paper writes ``G3(F, M, M_t)``) since ``phi1`` acts
+  on the coarse-warped images, as in the recursive cascades [4] the paper cites.
+* U-net sizes are not given: VoxelMorph's [3] (16, 32 x 4; decoder 32, 32, 32, 16); learning
+  rate 1e-4, VoxelMorph's.  The paper is 2D; the same networks run in 3D (``dim``).
 """
 
 from __future__ import annotations
@@ -79,7 +50,9 @@ from .learned import (LearnedMethod, ModelConfig, Prediction, TrainingBatch, ind
 class HierarchicalConfig(ModelConfig):
     """Settings of the Dai et al. model (defaults: 004_b2c378d3610a3326.txt sec. 3.1 weights).
 
-    ``encoder``/``decoder``: U-net channels of each of G1, G2, G3 (see the module docstring);
+    ``encoder``/``decoder``: U-net channels of each of G1, G2, G3 (VoxelMorph's widths: 16 at
+    full resolution, 32 at four halvings; inputs concatenated as channels; G1 outputs a
+    velocity, G3 a displacement, in voxels converted to mm, G2 one mask channel);
     ``velocity_steps``: scaling-and-squaring steps of G1's velocity field; ``histogram_bins``:
     bins of the mutual information; ``*_weight``: the paper's alpha, beta, lambda of eqs. 1-3;
     ``learning_rate``: Adam's, every stage."""
@@ -167,6 +140,10 @@ class HierarchicalRegistration(LearnedMethod):
         return fine, spatial.compose(fine, coarse, geometry)
 
     def predict(self, fixed: torch.Tensor, moving: torch.Tensor, geometry: Geometry) -> Prediction:
+        """The final ``u`` of ``T(p) = T0(T1(p))`` (:func:`dmmreg.spatial.compose`, ``u1`` inner),
+        no affine (the networks are deformable only; the framework pre-aligns affinely), no
+        inverse (``phi1`` has none in the paper; the framework inverts ``u`` numerically), and
+        ``{"moving_in_fixed_contrast": M_t}``."""
         coarse = self.coarse(fixed, moving, geometry)
         _, translated = self.translate(fixed, moving)
         _, final = self._fine_and_final(fixed, moving, translated, coarse, geometry)

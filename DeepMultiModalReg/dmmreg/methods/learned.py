@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -33,9 +33,8 @@ from .. import spatial
 from ..errors import InputError
 from ..geometry import Geometry
 from ..image import Image, normalise_intensity
+from ..progress import ProgressCallback
 from ..result import RegistrationResult
-
-ProgressCallback = Callable[[str, float, str], None]
 
 
 @dataclass
@@ -328,19 +327,22 @@ def result_from_prediction(prediction: Prediction, geometry: Geometry, fixed_geo
 def registration_function(name: str):
     """``register(fixed, moving, ...)`` for the registry: loads the model (``model``: a path or a
     bundled model's name; default: the bundled model of method ``name`` for the images'
-    dimension) and runs :func:`register_with_model`.  ``quality`` is accepted for the registry's
-    common signature; a network's speed and accuracy are fixed by its model (use ``refine``)."""
+    dimension) and runs :func:`register_with_model`; ``refine``: ``optimise`` iterations after the
+    network (None: :data:`~dmmreg.methods.DEFAULT_REFINE_ITERATIONS`, the accurate mode; 0: the
+    network alone).  ``quality`` is accepted for the registry's common signature."""
 
     def register(fixed, moving, fixed_mask=None, moving_mask=None, device="cpu", quality="balanced",
-                 initial_affine=None, progress=None, model=None, refine: int = 0, **overrides) -> RegistrationResult:
+                 initial_affine=None, progress=None, model=None, refine: int | None = None,
+                 **overrides) -> RegistrationResult:
         from ..model_io import find_model, load_model
 
-        from . import check_model_options
+        from . import DEFAULT_REFINE_ITERATIONS, check_model_options
 
         if overrides:
             raise InputError(f"method {name!r} does not take {', '.join(sorted(overrides))} (these are "
                              "settings of the optimise method)")
         check_model_options(name, model, refine)
+        refine = DEFAULT_REFINE_ITERATIONS if refine is None else refine
         path = find_model(name, fixed.dim, model)
         network, card = load_model(path, method=name, device=device)
         return register_with_model(network, fixed, moving, fixed_mask, moving_mask, device, initial_affine,

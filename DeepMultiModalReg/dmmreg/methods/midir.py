@@ -1,93 +1,37 @@
-"""Method ``midir``: Qiu et al., learning diffeomorphic and modality-invariant registration using
-B-splines (MIDIR, 003_2f2aa96e65959a3c.txt).
+"""Method ``midir``: Qiu et al., diffeomorphic and modality-invariant registration using B-splines
+(MIDIR, 003_2f2aa96e65959a3c.txt).
 
-The paper
----------
-A CNN maps the fixed and the moving image (after affine alignment) to the velocities of a grid
-of cubic B-spline control points ``v^beta`` with spacing ``delta`` (sec. 3.2).  The dense
-stationary velocity field (SVF) is their B-spline tensor product (eq. 6), computed as a
-transposed convolution with the sampled B-spline as kernel; the transformation is its group
-exponential ``phi = exp(v)`` by scaling and squaring (sec. 3.2.1, Arsigny et al.).  The network
-(sec. 3.2.2, Figure B3) is a U-net whose decoder stops at the largest feature map smaller than
-the control-point grid, followed by a linear resize to that grid and three convolutions; every
-convolution is 3x3(x3) with LeakyReLU(0.2), the last one linear.  The loss (eq. 4) is
-``L = -I_NMI(F, M o phi) + lambda * L_Reg`` with the differentiable NMI of eqs. 1-3 (Gaussian
-Parzen windows whose FWHM is one bin, 64 bins, evaluated on 50 % of the voxels drawn at random
-at each iteration, sec. 4.4, appendix C) or LNCC (window 7) as the alternative similarity, and
-``L_Reg`` the diffusion ``mean |grad v|^2`` of the dense velocity (eq. 5).  Adam, learning rate
-1e-4 (sec. 4.4).  For brain T1w-T2w (appendix C, Table 2) MIDIR uses ``delta`` = 2 and
-``lambda`` = 0.1 with NMI and with LNCC (0.08 for T1w-T1w with NMI).
+A CNN maps the affinely aligned images to the velocities of cubic B-spline control points
+``delta`` voxels apart (sec. 3.2), summed into a stationary velocity ``v`` (eq. 6, a transposed
+convolution) with ``phi = exp(v)`` by scaling and squaring (sec. 3.2.1); the network is a U-net
+whose decoder stops at the largest feature map smaller than the control grid, resized to it,
+then three convolutions (sec. 3.2.2, Figure B3).  Loss ``-I_NMI(F, M o phi) + lambda mean |grad
+v|^2`` (eqs. 1-5: Parzen NMI, 64 bins, on 50 % of the voxels per step; or LNCC), Adam 1e-4, a
+tenth every 50 epochs (sec. 4.4); brain T1w-T2w ``delta`` = 2, ``lambda`` = 0.1 (appendix C, Table 2).
 
-How it maps onto the framework
-------------------------------
-* :class:`ControlPointVelocityNet` (the network) outputs control-point velocities in voxels of
-  the model grid along its index axes (x, y, z).  :meth:`Midir.dense_velocity` evaluates them
-  on the model grid with ``spatial.bspline_to_dense`` and converts them to mm with
-  :func:`~dmmreg.methods.learned.index_to_physical_vectors` (the B-spline sum is linear, so
-  the order does not matter).
-* Geometry (:meth:`Midir.control_grid`): control point ``k`` sits at model voxel
-  ``(k - 1) * delta`` along every axis, so ``spatial.dense_grid`` of the control grid starts
-  exactly on model voxel 0 with the model spacing; it has ``ceil((n - 1) / delta) + 3`` control
-  points per axis, so its dense grid covers the ``n`` model voxels (the last points, beyond the
-  model grid when ``delta`` does not divide ``n - 1``, are cropped).  The field is therefore
-  the exact B-spline sum of eq. 6 at every model voxel, with no resampling.  This is the
-  geometry of the public code (output size ``ceil((n - 1) / delta) + 3``, crop from ``delta``).
-* :meth:`Midir.predict`: ``displacement = exp(v)`` and ``inverse_displacement = exp(-v)`` (mm,
-  ``spatial.integrate_velocity``), no affine (``predicts_affine = False``: the framework
-  pre-aligns affinely with ``optimise``, as the paper registers after affine alignment).
-* :meth:`Midir.loss_terms`: ``total = similarity + regularisation_weight * regularisation``
-  with ``similarity = -losses.normalised_mutual_information`` on the sampled voxels
-  (``similarity="nmi"``, default) or ``-losses.local_normalised_cross_correlation``
-  (``"lncc"``), and ``regularisation = regularisers.diffusion(v)``; the moved image is
-  ``moving(p + exp(v)(p))`` by linear interpolation (``warp_on_grid``).
-* A zero velocity gives the identity exactly: the framework samples with
-  ``align_corners=True`` on the grid's own voxel positions, so a zero displacement samples every
-  voxel at itself.  The public code builds its identity grid as ``linspace(-1, 1, n)`` (the
-  ``align_corners=True`` convention) but samples with ``align_corners=False``, so its zero
-  displacement resamples the image scaled by ``(n - 1) / n`` about the centre; not reproduced.
+Follows the paper:
+* Control point ``k`` on model voxel ``(k - 1) * delta``, ``ceil((n - 1) / delta) + 3`` per axis
+  (the public code's geometry): eq. 6 exactly at every voxel; ``exp(-v)`` is the inverse.
+* ``delta``, velocities and eq. 5 per model-grid voxel (the paper's 1 mm voxel), so ``lambda``
+  keeps its meaning at any spacing; NMI over the whole grid, background included; 2D and 3D.
+* The step decay is the shared trainer's (``learning_rate_decay_steps``, training/trainer.py),
+  in updates, as an epoch depends on the training set.
 
-Open details and deviations
----------------------------
-* Figure B3 (layer sizes) is an image lost by the text extraction; channels are those of the
-  public code's configuration (``conf/train/network/bspline_net.yaml``): encoder 16, 32, 32,
-  32, 32 (level 0 at full resolution, then stride-2 convolutions), decoder 32, 32, 32, 32 of
-  which the first ``levels - 1 - ceil(log2 delta)`` are kept (the public code's rule, which is
-  the paper's "largest feature map smaller than the control grid"), resize convolutions 32, 32
-  and the output convolution.
-* The shared :class:`~dmmreg.networks.unet.UNet` convolves after each skip concatenation and
-  ends with an output convolution; the public code convolves before each up-sampling and
-  resizes the concatenation itself.  So before the resize there is one convolution more than in
-  the public code (the U-net's output convolution, followed here by LeakyReLU(0.2) like every
-  hidden layer); after it, the paper's three convolutions.  The resize is linear with
-  ``align_corners=True`` (``layers.upsample_to``).
-* The output convolution starts near zero (VoxelMorph's N(0, 1e-5), ``layers.small_init``), so
-  the untrained network predicts almost the identity; the public code keeps PyTorch's default
-  initialisation.  The paper does not say.
-* Scaling and squaring steps: not in the paper; 7 as in the public code
-  (``conf/train/transformation/bspline.yaml``: ``svf_steps: 7``).
-* ``delta`` is in voxels of the model grid, as the paper's is in voxels of its 1 mm images: the
-  default 2 is 4 mm at the bundled models' 2 mm grid (2 mm in the paper).  Network outputs,
-  velocities and the diffusion term are per voxel as in the public code (a velocity gradient
-  is voxel/voxel = mm/mm on the isotropic model grid), so ``lambda`` = 0.1 means what it means
-  in the paper at any model spacing.
-* NMI is computed over the whole model grid, background included, as in the paper ("all
-  points in the overlapping image domain"; the border-padded warp keeps every point in the
-  overlap); the same random 50 % of the voxels is used for every item of a batch.  The public
-  configuration samples 70 %; the paper's 50 % is the default.  64 bins need many samples: on a
-  2D brain slice at 2 mm (7680 voxels, fewer samples than joint-histogram bins) the NMI gradient
-  is noise and training makes no progress (measured), while 32 bins (the paper's choice for
-  SVFFD on its 2D cardiac images) learns; 3D volumes at 4 mm (10^5 voxels) learn with 64.
-* ``delta`` on coarse model grids: the paper's ``delta`` = 2 is 2 mm between control points on
-  its 1 mm images.  On the 4 mm 3D grid (8 mm apart), optimising the loss directly over one
-  pair's control points (no network) drives NMI well above the true map's (1.35 against 1.25)
-  while the endpoint error falls only from 3.81 to 3.22 mm and then rises again; with
-  ``delta`` = 8 (32 mm) it falls to 1.86 mm (stroke pairs, benchmarks/benchmark_loss_optimum.py,
-  results/loss-optimum-*).  The default stays the paper's; set ``control_spacing_voxels`` for
-  coarse grids.
-* The learning-rate decay of 1/10 every 50 epochs (sec. 4.4, brain models) is not implemented:
-  an epoch depends on the training set and the shared training loop has no schedule.
-* The paper's brain experiments are 3D and its cardiac ones 2D with the same architecture; both
-  are supported (``dim`` of the config).
+Deviates:
+* Each control point reads the features at its own position (averaged over its cell when they
+  are finer), not Figure B3's resize to the control grid: a corner-to-corner resize reads
+  features up to ``2 * delta`` voxels away.  ``feature_level`` may decode finer than the
+  paper's ``ceil(log2 delta)`` (its default; 0: full resolution).
+* Figure B3's sizes are lost: the public code's channels (``bspline_net.yaml``); the shared U-net
+  adds its output convolution (+ LeakyReLU) before the sampling.  Output layer starts near zero
+  (untrained = identity); 7 squarings (public code); paper silent on both.
+* One 50 % voxel sample per batch (public code: 70 %).  2D slices want ``bins`` = 32: 64 need
+  more samples than a slice has (the paper's 2D SVFFD uses 32; benchmarks/README.md, "MIDIR").
+* ``delta`` = 2 is 8 mm on the 4 mm 3D grid, where the loss optimum strays from the truth: set
+  ``control_spacing_voxels`` for coarse grids (benchmarks/README.md, "MIDIR").
+* Bundled models follow a curriculum (scripts/train_bundled_models.py): supervised by the known
+  warps of synthetic-warp pairs, same- then cross-contrast, then the paper's NMI loss, as two CPU
+  cores cannot afford the paper's order of 10^5 unsupervised updates.
 """
 
 from __future__ import annotations
@@ -114,13 +58,16 @@ SIMILARITIES = ("nmi", "lncc")
 class MidirConfig(ModelConfig):
     """Settings of :class:`Midir` (defaults: the paper's for brain T1w-T2w; see the module docstring).
 
-    ``control_spacing_voxels``: ``delta``, control-point spacing in model-grid voxels;
-    ``similarity``: "nmi" or "lncc"; ``regularisation_weight``: ``lambda`` of eq. 4;
-    ``bins``: NMI histogram bins; ``nmi_sample_fraction``: share of the voxels NMI is evaluated
-    on per step; ``lncc_window``: LNCC window (voxels); ``integration_steps``: scaling and
-    squaring steps; ``encoder_channels`` / ``decoder_channels``: the base U-net's channels per
-    level (``decoder_channels`` from the bottleneck up, one fewer than the encoder's);
-    ``resize_channels``: the convolutions after the resize, before the output convolution;
+    ``control_spacing_voxels``: ``delta``, control-point spacing in model-grid voxels (the
+    paper's 2 is 2 mm on its 1 mm images; a coarse model grid may want a larger one);
+    ``similarity``: "nmi" or "lncc"; ``regularisation_weight``: ``lambda`` of eq. 4; ``bins``:
+    NMI histogram bins (64; a 2D slice has too few voxels for 64: use 32 in 2D);
+    ``nmi_sample_fraction``: share of the voxels NMI is evaluated on per step; ``lncc_window``:
+    LNCC window (voxels); ``integration_steps``: scaling and squaring steps;
+    ``encoder_channels`` / ``decoder_channels``: the base U-net's channels per level
+    (``decoder_channels`` from the bottleneck up, one fewer than the encoder's);
+    ``resize_channels``: the convolutions after the features are sampled at the control points
+    (Figure B3's convolutions after its resize), before the output convolution;
     ``feature_level``: the U-net level the decoder stops at (None: the paper's
     ``ceil(log2 delta)``; 0: full resolution); ``learning_rate``: Adam's."""
 
@@ -147,8 +94,14 @@ class ControlPointVelocityNet(nn.Module):
     feature ``j`` sits on model voxel ``j * 2**level``.  Each control point ``k`` reads the
     features at its own position, model voxel ``(k - 1) * delta`` (linear interpolation, averaged
     over its ``delta / 2**level`` cell when the features are finer than the control grid), then
-    three convolutions (``resize_channels``, then ``dim`` outputs, linear, started near zero)
-    predict the velocities."""
+    three 3x3(x3) convolutions (``resize_channels`` with LeakyReLU(0.2), then ``dim`` outputs,
+    linear, started near zero: VoxelMorph's N(0, 1e-5), ``layers.small_init``) predict the
+    velocities.  Channels: the public code's ``conf/train/network/bspline_net.yaml`` (encoder 16,
+    32, 32, 32, 32, level 0 at full resolution, then stride-2 convolutions; decoder 32 x 4 of
+    which ``levels - 1 - level`` are kept, the public code's rule).  The shared U-net convolves
+    after each skip concatenation and ends with an output convolution (here followed by
+    LeakyReLU(0.2)); the public code convolves before each up-sampling, so there is one
+    convolution more before the sampling than in the public code."""
 
     def __init__(self, dim: int, control_spacing: int, encoder: tuple[int, ...], decoder: tuple[int, ...],
                  resize: tuple[int, ...], feature_level: int | None = None):
@@ -230,15 +183,22 @@ class Midir(LearnedMethod):
         return self.dense_velocity(coefficients, geometry)
 
     def predict(self, fixed: torch.Tensor, moving: torch.Tensor, geometry: Geometry) -> Prediction:
-        """``u = exp(v) - id`` and its inverse ``exp(-v) - id`` (mm) by scaling and squaring."""
+        """``u = exp(v) - id`` and its inverse ``exp(-v) - id`` (mm) by scaling and squaring
+        (``integration_steps``; the public code's ``svf_steps: 7``).  A zero velocity gives the
+        identity exactly (the framework samples with ``align_corners=True`` on the grid's own
+        voxels); the public code builds its identity as ``linspace(-1, 1, n)`` but samples with
+        ``align_corners=False``, so its zero displacement rescales the image by ``(n - 1) / n``
+        about the centre: not reproduced."""
         v = self.velocity(fixed, moving, geometry)
         steps = self.config.integration_steps
         return Prediction(displacement=spatial.integrate_velocity(v, geometry, steps),
                           inverse_displacement=spatial.integrate_velocity(-v, geometry, steps))
 
     def similarity(self, fixed: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
-        """``I_NMI`` (eqs. 1-3) on a random ``nmi_sample_fraction`` of the voxels (the same for
-        every batch item), or LNCC over the whole grid; ``(B,)``, higher is better."""
+        """``I_NMI`` (eqs. 1-3, Gaussian Parzen windows of one bin FWHM) on a random
+        ``nmi_sample_fraction`` of the voxels (the same for every batch item; the paper's 50 %,
+        sec. 4.4, the public configuration's 70 %), or LNCC over the whole grid; ``(B,)``,
+        higher is better."""
         cfg = self.config
         if cfg.similarity == "lncc":
             return losses.local_normalised_cross_correlation(fixed, moved, window=cfg.lncc_window)
@@ -262,7 +222,8 @@ class Midir(LearnedMethod):
         return terms
 
     def make_optimisers(self, stage: str = "train") -> list[torch.optim.Optimizer]:
-        """Adam with ``learning_rate`` (1e-4, sec. 4.4)."""
+        """Adam with ``learning_rate`` (1e-4, sec. 4.4); the paper's decay (1/10 every 50 epochs)
+        is the trainer's ``decay_steps`` (``learning_rate_decay_steps`` of a training job)."""
         return [torch.optim.Adam(self.parameters(), lr=self.config.learning_rate)]
 
 

@@ -7,12 +7,12 @@
 3. Deformable: a stationary velocity field parameterised by cubic B-spline control points
    (003_2f2aa96e65959a3c.txt sec. 3.2.1: dense velocity by transposed convolution, displacement
    by scaling and squaring), optimised on the same similarity plus a diffusion penalty on the
-   velocity (eq. 5), on a pyramid of image resolutions (4, 2, 1 mm).  The gradient is passed to the velocity
-   as if d exp(v) / dv were the identity (as diffeomorphic demons do), so scaling and squaring
-   runs without autograd; on the known-warp cases this changed the endpoint error by < 0.05 mm
-   and removed most of the run time.  The field is evaluated on a grid
-   coarser than the images (the B-spline is smooth at the control spacing) and interpolated
-   linearly at the image points, which is also how the result is written and applied.
+   velocity (eq. 5), on a pyramid of image resolutions (4, 2, 1 mm).  The gradient is passed to
+   the velocity as if d exp(v) / dv were the identity (as diffeomorphic demons do), so scaling
+   and squaring runs without autograd: far faster, about as accurate on the known-warp cases
+   (benchmarks/README.md, "optimise").  The field is evaluated on a grid coarser than the
+   images (the B-spline is smooth at the control spacing) and interpolated linearly at the
+   image points, which is also how the result is written and applied.
 
 The similarity is NMI with Gaussian Parzen windows (32 bins, 30 000 voxels drawn anew at
 each step; eqs. 1-3) by default; LNCC and MIND-SSC can be chosen (they use the whole level image instead of samples).
@@ -34,9 +34,8 @@ from .. import losses, regularisers, spatial
 from ..errors import InputError
 from ..geometry import Geometry
 from ..image import Image, normalise_intensity
+from ..progress import ProgressCallback
 from ..result import RegistrationResult
-
-ProgressCallback = Callable[[str, float, str], None]
 
 
 @dataclass(frozen=True)

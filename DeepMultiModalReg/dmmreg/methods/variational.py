@@ -1,90 +1,35 @@
 """Method ``variational``: Theljani & Chen, unsupervised deep learning with a robust variational
 loss (001_bc0de2fc45dae677.txt).
 
-The paper
----------
-A network ``N(T, R)`` takes the moving image T and the fixed image R, concatenated as one
-two-channel image, and outputs the deformation directly ("A learning model", Figure 1).  It is
-trained without ground truth on a variational energy (eq. 2): an image similarity between
-``T(phi)`` and ``R``, a smoothness constraint on the first- and second-order derivatives of the
-displacement (the second order also penalises what lies in the first order's kernel;
-"Regularisation") and a constraint on the Jacobian determinant of ``phi`` against folding.  The
-similarity is "an alternative measure to the correlation coefficient" for mono-modal pairs and
-the parallel level sets measure (alignment of image gradients) for multi-modal ones; nothing
-else changes between the two.  Two networks are compared ("Registration network"): a small
-network SN (four blocks of convolutions of different kernel sizes, ReLU at the end of each
-block, the last block producing the deformation; Figure 2) and a light U-net, LU-net, which the
-paper recommends (Conclusions).  The weight of eq. 2 is lambda = 60 ("Choice of lambda").
+A network ``N(T, R)`` maps the moving and fixed images, two channels, to the deformation ("A
+learning model", Figure 1), trained on the energy of eq. 2: a similarity of ``T(phi)`` and ``R``
+(correlation-type for mono-modal pairs, parallel level sets (PLS) for multi-modal ones), first-
+and second-order smoothness ("Regularisation") and a Jacobian-determinant term against folding.
+Two networks, a small SN (Figure 2) and the recommended light U-net LU-net ("Registration
+network", Conclusions); lambda = 60 ("Choice of lambda").  ``total = lambda * similarity +
+first_order + second_order + jacobian`` (:meth:`VariationalRegistration.loss_terms`).
 
-How it maps onto the framework
-------------------------------
-* :meth:`VariationalRegistration.predict`: ``N(fixed, moving)`` outputs a displacement in voxels
-  of the model grid along its index axes, converted to mm by
-  :func:`~dmmreg.methods.learned.index_to_physical_vectors`; ``T_n(p) = p + u(p)``.  No affine
-  (the framework pre-aligns affinely with ``optimise``) and no inverse (computed numerically).
-* :meth:`VariationalRegistration.loss_terms`, with ``moved(p) = moving(p + u(p))``::
+Follows the paper: one network outputs the displacement (voxels of the model grid, no affine:
+the framework pre-aligns; no inverse); lambda = 60 for both similarities; the energy is the
+paper's on its pixel grid, a pixel being a model-grid voxel; means over the whole grid (no masks).
 
-      total = lambda * similarity + w1 * first_order + w2 * second_order + wJ * jacobian
-
-  - ``similarity`` (0 at a perfect match): ``"pls"`` (default; our pairs are multi-modal):
-    :func:`relative_parallel_level_sets` of the images smoothed by a Gaussian of
-    ``pls_smoothing_mm``; ``"correlation"``: ``1 - losses.correlation_similarity`` (one minus
-    the squared correlation coefficient).
-  - ``first_order``: ``regularisers.diffusion`` (``mean |grad u|^2``, dimensionless).
-  - ``second_order``: ``regularisers.bending_energy`` (``mean |Hessian u|^2``) times
-    ``spacing_mm ** 2``.
-  - ``jacobian``: ``regularisers.jacobian_penalty`` (``(J - 1)^2 / J`` with a barrier at J <= 0).
-
-Weights and units
------------------
-The paper's energy is written on its pixel grid; here its pixel is a voxel of the model grid,
-so the loss is the paper's discrete energy at any model spacing.  The shared regularisers use
-per-mm derivatives: a displacement gradient is mm/mm = voxel/voxel, so ``diffusion`` and the
-Jacobian take the paper's weights as they are; ``bending_energy`` is per mm^2, so it is
-multiplied by ``spacing_mm ** 2`` (per voxel^2).  PLS uses image gradients per voxel
-(``losses.parallel_level_sets`` with ``spacing=None``), ``pls_beta`` is in intensity per voxel
-(intensities normalised to [0, 1]).
-
-Reconstructed and open details (the extraction lost every formula and both network figures)
-------------------------------------------------------------------------------------------
-* Eq. 2 is reconstructed as ``lambda * S + R_1 + R_2 + R_J``: lambda = 60 weights the
-  similarity, the regularisers have weight 1 (the paper names no other weight; all are config
-  settings).  lambda on the regularisers instead would make the identity cheaper than the true
-  warp of the known-warp stroke pairs for both measures.
-* Both similarities are dimensionless and 0 when aligned, so that one lambda serves both, as the
-  paper uses one.  The correlation term is bounded by 1; the PLS functional of
-  ``losses.parallel_level_sets`` (Ehrhardt and Arridge's, which the paper cites) scales with
-  the square of the image contrast, ~1e-3 for our [0, 1] images, and with lambda = 60 the
-  network did not move (EPE 11.1 -> 11.1 mm in 100 steps).  It is therefore divided by its
-  value for unrelated gradients of the pair (:func:`relative_parallel_level_sets`): 0.25 for
-  the misaligned T1/T2 slice, 0.20 at its true warp (smoothed as below).  On one pair, local
-  distortions lower it further (0.16 after 150 steps, EPE still 4.9 mm): what the paper's
-  training on 120 pairs generalises over, brief training on one pair over-fits.
-* PLS compares gradients, so its capture range is the width of the edges.  The paper's
-  pairs may have been closer; ours (FIRE protocol: rotation, scaling, 10 mm shifts) were not
-  registered by brief training on the raw images (2D, EPE 11.1 -> 8.1-9.2 mm in 200 steps, the
-  fields rough).  The images are smoothed first, sigma ``pls_smoothing_mm`` = 6 mm (3 voxels
-  at the bundled 2 mm): 4 mm was unstable across network initialisations (2.6-13.7 mm after
-  150 steps, two LU-net sizes, three initialisations), 6 mm gave 3.9-4.9 mm for all six.
-* The mono-modal measure is the squared correlation coefficient of
-  ``losses.correlation_similarity`` (the paper's exact variant was lost); the Jacobian
-  constraint is the hyperelastic volume term of ``regularisers.jacobian_penalty`` (the paper
-  cites Burger et al. for it).
-* SN (Figure 2 lost): four blocks with kernels ``sn_kernels`` = 9, 7, 5, 3 ("different kernels
-  with different sizes"), 32 channels; the first three are convolution, ReLU and 2x max-pooling
-  (Figure 1's "convolutional and pooling layers"), the last a linear convolution (a
-  displacement is signed) started near zero whose 1/8-resolution output is interpolated to the
-  grid.  Without pooling (same kernels, full resolution, 42 mm receptive field) SN lowered the
-  loss but moved away from the truth (EPE 11.1 -> 12.4 mm in 150 steps).
-* LU-net (figure lost): Ronneberger et al.'s U-net, which the paper cites, made light: four
-  levels instead of five, a quarter of its channels (16-32-64-128), two 3x3 convolutions with
-  ReLU per level; built with the shared :class:`~dmmreg.networks.unet.UNet`, which halves the
-  resolution with strided convolutions instead of max-pooling and up-samples by interpolation.
-* Optimiser: the paper trains 800 epochs and names neither optimiser nor learning rate; Adam
-  with ``learning_rate`` = 1e-3 (Keras' default, the paper's era).
-* Every term is a mean over the whole model grid: the paper uses no masks.
-* The paper is 2D ("Future work will consider ... 3 dimensional"); the same loss and networks
-  run in 3D with 3D convolutions (``dim`` of the config).
+Deviates or reconstructs (the extraction lost every formula and both network figures):
+* Eq. 2 as ``lambda * S + R_1 + R_2 + R_J`` (weights 1, all settings): lambda on the regularisers
+  instead makes the identity cheaper than the true warp of our known-warp pairs.
+* PLS (Ehrhardt and Arridge's, cited) scales with the squared contrast and with lambda = 60 the
+  network did not move: it is divided by its value for unrelated gradients of the pair
+  (:func:`relative_parallel_level_sets`), so both similarities are 0 aligned and about 1 at worst.
+* PLS's capture range is the edge width and brief training on raw images of our pairs (FIRE
+  protocol) did not register them: images are smoothed first, ``pls_smoothing_mm`` = 6 (narrower
+  was unstable across initialisations).
+* Mono-modal measure: one minus the squared correlation coefficient (the paper's variant was
+  lost); Jacobian term: the hyperelastic ``(J - 1)^2 / J`` (Burger et al., cited).
+* SN: kernels 9, 7, 5, 3, 32 channels, ReLU and 2x max-pooling after the first three (Figure 1's
+  pooling layers), a linear last block interpolated to the grid: without pooling SN lowered the
+  loss but moved away from the truth.  LU-net: Ronneberger's U-net with four levels, a quarter of
+  the channels (16-32-64-128), strided convolutions and interpolation (the shared U-net).
+* Adam, 1e-3 (Keras' default; the paper gives neither); 3D too (the paper is 2D).
+Figures: benchmarks/README.md, "Variational".
 """
 
 from __future__ import annotations
@@ -141,7 +86,9 @@ def relative_parallel_level_sets(fixed: torch.Tensor, moved: torch.Tensor, movin
     two images would have if no level sets were parallel), ``(B,)``: dimensionless, 0 when
     aligned, about 1 when unrelated.  The denominator is a constant of the pair (no gradient
     flows through it); the model grid is isotropic, so per-voxel gradients are per-mm ones
-    times the spacing."""
+    times the spacing.  ``beta`` (``pls_beta``) is in intensity per voxel (intensities in
+    [0, 1]).  Raw PLS (Ehrhardt and Arridge's functional) scales with the square of the image
+    contrast, too small for lambda = 60 to move the network; relative, it is about 1 at worst."""
     with torch.no_grad():
         voxel = geometry.spacing[0]
         norms = [torch.sqrt((spatial.spatial_gradient(image, geometry)[:, 0] * voxel).pow(2).sum(dim=1) + beta**2)
@@ -152,10 +99,12 @@ def relative_parallel_level_sets(fixed: torch.Tensor, moved: torch.Tensor, movin
 
 class SmallNetwork(nn.Module):
     """SN (001_bc0de2fc45dae677.txt, Figure 2): ``(B, 2, *shape) -> (B, dim, *shape)`` voxel
-    displacements.  Blocks of one convolution each (kernel sizes ``kernels``), the first ones
-    followed by ReLU and 2x max-pooling; the last block (linear, started near zero so the
-    untrained network predicts almost the identity) gives the displacement at
-    ``2**len(channels)`` times coarser resolution, interpolated linearly to the input grid."""
+    displacements.  Blocks of one convolution each (kernel sizes ``kernels``, "different kernels
+    with different sizes"), the first ones followed by ReLU and 2x max-pooling (Figure 1's
+    "convolutional and pooling layers"); the last block (linear: a displacement is
+    signed; started near zero so the untrained network predicts almost the identity) gives the
+    displacement at ``2**len(channels)`` times coarser resolution, interpolated linearly to the
+    input grid."""
 
     def __init__(self, dim: int, channels: tuple[int, ...], kernels: tuple[int, ...]):
         super().__init__()
@@ -198,7 +147,16 @@ class VariationalRegistration(LearnedMethod):
 
     def loss_terms(self, batch: TrainingBatch, stage: str = "train") -> dict[str, torch.Tensor]:
         """Eq. 2 as reconstructed: ``lambda * similarity + first_order + second_order + jacobian``,
-        each term a batch mean (terms unweighted, ``total`` weighted)."""
+        each term a batch mean (terms unweighted, ``total`` weighted), ``moved(p) = moving(p + u(p))``.
+
+        ``similarity``: :meth:`dissimilarity`; ``first_order``: ``regularisers.diffusion``
+        (``mean |grad u|^2``); ``second_order``: ``regularisers.bending_energy`` (``mean |Hessian
+        u|^2``) times ``spacing_mm ** 2``; ``jacobian``: ``regularisers.jacobian_penalty``
+        (``(J - 1)^2 / J`` with a barrier at J <= 0).  Units: the paper's energy is written on its
+        pixel grid, here a model-grid voxel.  The shared regularisers use per-mm derivatives; a
+        displacement gradient is mm/mm = voxel/voxel, so ``diffusion`` and the Jacobian take the
+        paper's weights as they are, while ``bending_energy`` is per mm^2 and is multiplied by
+        ``spacing_mm ** 2`` (per voxel^2)."""
         cfg = self.config
         geometry = batch.geometry
         u = self.predict(batch.fixed, batch.moving, geometry).displacement
@@ -215,8 +173,12 @@ class VariationalRegistration(LearnedMethod):
 
     def dissimilarity(self, fixed: torch.Tensor, moved: torch.Tensor, moving: torch.Tensor,
                       geometry: Geometry) -> torch.Tensor:
-        """The similarity term of eq. 2 as a loss, 0 at a perfect match, ``(B,)``: relative PLS of
-        the smoothed images, or one minus the squared correlation coefficient."""
+        """The similarity term of eq. 2 as a loss, 0 at a perfect match, ``(B,)``: ``"pls"``
+        (default; our pairs are multi-modal), :func:`relative_parallel_level_sets` of the images
+        smoothed by a Gaussian of ``pls_smoothing_mm`` (3 voxels at the bundled 2 mm); or
+        ``"correlation"``, one minus the squared correlation coefficient
+        (``losses.correlation_similarity``).  Both are dimensionless and 0 when aligned, so one
+        lambda serves both, as the paper uses one; the correlation term is bounded by 1."""
         if self.config.similarity == "correlation":
             return 1 - losses.correlation_similarity(fixed, moved)
         sigma = [self.config.pls_smoothing_mm / s for s in geometry.spacing]

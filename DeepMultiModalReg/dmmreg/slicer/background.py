@@ -1,14 +1,20 @@
-"""Run a backend command in a separate process and follow its JSON progress lines.
+"""Run the backend (``python -m dmmreg ...``) in a separate process and follow its progress.
 
-Generic (registration, fine-tuning...): the command prints one JSON object per line on stdout,
-``{"stage": str, "fraction": 0..1, "message": str}``, the last one ``{"stage": "done", ...}`` on
-success or ``{"stage": "error", "message": ...}`` on failure; any other output is log text.
+* :func:`start_backend` starts a backend command with the interpreter and environment that
+  find this package (``PythonSlicer`` inside Slicer); :func:`start_gpu_probe` and
+  :func:`device_choices` ask torch, in such a process, which GPUs there are.
+* :class:`BackgroundProcess`: the process.  The command prints one JSON object per line on
+  stdout, ``{"stage": str, "fraction": 0..1, "message": str}``, the last one
+  ``{"stage": "done", ...}`` on success or ``{"stage": "error", "message": ...}`` on failure;
+  any other output is log text.  It is started in its own session (POSIX) or process group
+  (Windows) so that :meth:`BackgroundProcess.cancel` ends it together with every process it
+  started.  Reading happens on threads; :meth:`BackgroundProcess.poll` never blocks, so a GUI
+  can call it on a timer.
+* :class:`BackgroundJobRun`: what a module logic's run of such processes shares (its progress,
+  shown by the widget's :class:`~dmmreg.slicer.widgets.RunControls`); :func:`run_to_end`
+  follows one to its end.
 
-The process is started in its own session (POSIX) or process group (Windows) so that
-:meth:`BackgroundProcess.cancel` ends it together with every process it started.  Reading
-happens on threads; :meth:`BackgroundProcess.poll` never blocks, so a GUI can call it on a timer.
-
-Needs only the standard library.
+Needs only the standard library: torch runs in the background process only.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -51,19 +59,17 @@ def parse_progress_line(line: str) -> Progress | None:
 class BackgroundProcess:
     """A command running in the background; ``poll()`` hands over what it reported so far."""
 
-    def __init__(self, command: list[str], env: dict[str, str] | None = None, cwd: str | None = None):
-        self.command = list(command)
+    def __init__(self, command: list[str], env: dict[str, str] | None = None):
         self._events: queue.Queue = queue.Queue()
         self._stderr_lines: list[str] = []
-        self.cancelled = False
         creation = {}
         if os.name == "nt":
             creation["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
         else:
             creation["start_new_session"] = True
         self._process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            text=True, encoding="utf-8", errors="replace", env=env, cwd=cwd, bufsize=1, **creation,
+            list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            text=True, encoding="utf-8", errors="replace", env=env, bufsize=1, **creation,
         )
         self._readers = [
             threading.Thread(target=self._read, args=(self._process.stdout, False), daemon=True),
@@ -123,7 +129,6 @@ class BackgroundProcess:
 
     def cancel(self, grace_seconds: float = 3.0) -> None:
         """End the process and every process it started; wait until they are gone."""
-        self.cancelled = True
         if self._process.poll() is not None:
             self._kill_group(signal.SIGKILL if os.name != "nt" else None)  # leftover children
             return
@@ -144,3 +149,106 @@ class BackgroundProcess:
             os.killpg(self._process.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+# --------------------------------------------------------------------------------------------
+# The backend command
+
+
+#: Devices the backend accepts (``--device``).
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def backend_python() -> str:
+    """Interpreter for the background process: ``PythonSlicer`` inside Slicer, else this one."""
+    if "slicer" in sys.modules and hasattr(sys.modules["slicer"], "app"):
+        found = shutil.which("PythonSlicer", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+        if found:
+            return found
+    return sys.executable
+
+
+def backend_environment() -> dict[str, str]:
+    """Environment in which ``python -m dmmreg`` finds this package (the module's Lib folder)."""
+    env = dict(os.environ)
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_backend(arguments: list[str], python: str | None = None) -> BackgroundProcess:
+    """Start ``python -m dmmreg <arguments>`` in the background."""
+    return BackgroundProcess([python or backend_python(), "-m", "dmmreg", *arguments], env=backend_environment())
+
+
+GPU_PROBE = (
+    "import json, torch\n"
+    "gpus = [dict(name=torch.cuda.get_device_name(i), memory=torch.cuda.get_device_properties(i).total_memory)"
+    " for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []\n"
+    "print(json.dumps(gpus))\n"
+)
+
+
+def start_gpu_probe(python: str | None = None) -> BackgroundProcess:
+    """Ask torch in a background interpreter which CUDA GPUs there are (keeps torch out of Slicer);
+    read the answer with :func:`device_choices`."""
+    return BackgroundProcess([python or backend_python(), "-c", GPU_PROBE], env=backend_environment())
+
+
+def device_choices(probe_output: list[str] | None) -> list[tuple[str, str]]:
+    """``[(device, label)]`` for the device chooser; the CUDA entry names the GPU and its memory.
+
+    ``probe_output``: log lines of a finished :func:`start_gpu_probe` (``None``: not known yet)."""
+    choices = [("auto", "Automatic"), ("cpu", "CPU")]
+    for line in reversed(probe_output or []):
+        try:
+            gpus = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(gpus, list) and gpus:
+            gpu = gpus[0]
+            choices.append(("cuda", f"CUDA: {gpu['name']} ({gpu['memory'] / 2**30:.0f} GiB)"))
+        break
+    return choices
+
+
+# --------------------------------------------------------------------------------------------
+# A logic's run of background processes
+
+
+class BackgroundJobRun:
+    """Base of a module logic's run of one or more background processes (registration, sequence,
+    fine-tuning): the progress a widget shows (``stage``, ``fraction``, ``message``, ``log``)
+    and whether it was ``cancelled``.  A subclass defines ``poll()`` (never blocks),
+    ``finished``, ``finish()`` (the outputs, or an error) and ``cancel()``."""
+
+    def __init__(self):
+        self.stage, self.fraction, self.message = "starting", 0.0, ""
+        self.log: list[str] = []
+        self.cancelled = False
+
+    def _follow(self, source, first: float = 0.0, share: float = 1.0, label: str = "") -> list[Progress]:
+        """Poll ``source`` (a :class:`BackgroundProcess`, or anything whose ``poll()`` gives the
+        same events); its fraction maps into ``[first, first + share]`` of this run, its messages
+        get ``label`` in front."""
+        reports = []
+        for kind, value in source.poll():
+            if kind == "log":
+                self.log.append(label + value)
+            else:
+                self.stage, self.message = value.stage, label + value.message
+                self.fraction = first + share * value.fraction
+                reports.append(value)
+        return reports
+
+
+def run_to_end(run: BackgroundJobRun, on_progress=None, poll_seconds: float = 0.1):
+    """Follow ``run`` until it ends (for scripts and self-tests), then return ``run.finish()``;
+    ``on_progress(run, report)`` is called for each progress report."""
+    while not run.finished:
+        for report in run.poll():
+            if on_progress:
+                on_progress(run, report)
+        time.sleep(poll_seconds)
+    return run.finish()

@@ -34,12 +34,11 @@ from pathlib import Path
 
 from .. import model_io
 from . import mrml
-from .background import Progress
+from .background import DEVICES, BackgroundJobRun, Progress, start_backend
 from ..training.cohorts import RESERVED
 from ..errors import InputError
 from ..image import Image, check_image
 from ..image_io import write_image
-from .registration_logic import DEVICES, BackgroundRun, start_backend
 
 #: Seconds ``cancel()`` waits for the backend to finish its update and write its checkpoint
 #: before it ends the process tree (one 3D update plus a validation on a CPU can take minutes).
@@ -325,7 +324,7 @@ class FineTuningOutputs:
     method: str
 
 
-class FineTuningRun(BackgroundRun):
+class FineTuningRun(BackgroundJobRun):
     """A fine-tuning in progress: ``poll()`` on a timer, ``cancel()`` or ``finish()``.
 
     ``loss`` / ``validation``: the live curves (``.table``, ``.chart``, ``.series``; rows are
@@ -484,10 +483,3 @@ class FineTuningLogic:
     def start(self, parameters: FineTuningParameters) -> FineTuningRun:
         """Check the parameters (``InputError`` if unusable) and start the background fine-tuning."""
         return FineTuningRun(self.scene, parameters, check_parameters(parameters), self.python)
-
-    @staticmethod
-    def run_to_end(run: FineTuningRun, on_progress=None, poll_seconds: float = 0.1) -> FineTuningOutputs:
-        """Follow ``run`` until it ends (for scripts and tests), then return its outputs."""
-        from .registration_logic import RegistrationLogic
-
-        return RegistrationLogic.run_to_end(run, on_progress, poll_seconds)

@@ -1,9 +1,10 @@
 """Logic of the Registration module: MRML nodes in, a background ``dmmreg register`` process,
 MRML nodes out.  Works on a slicer-core scene without Qt; the module's widget only calls it.
 
-* :meth:`RegistrationLogic.start` checks the inputs (raising ``InputError`` before anything is
-  written or added), exports them to a temporary folder and starts the backend in a separate
-  process; it returns a run whose ``poll()`` never blocks (a GUI calls it on a timer).
+* :meth:`RegistrationLogic.start` checks the inputs (:mod:`dmmreg.slicer.registration_inputs`:
+  ``InputError`` before anything is written or added), exports them to a temporary folder and
+  starts the backend in a separate process (:mod:`dmmreg.slicer.background`); it returns a run
+  whose ``poll()`` never blocks (a GUI calls it on a timer).
 * Nodes are added to the scene only in ``finish()``, after the process succeeded, so a
   cancelled or failed run leaves the scene as it was.  Input nodes are never modified.
 * Sequences (4D): every frame is registered to a reference frame or a fixed volume, one process
@@ -17,234 +18,23 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
-import sys
 import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import mrml
-from .background import BackgroundProcess, Progress
+from .background import BackgroundJobRun, Progress, start_backend
+from .registration_inputs import (PairInputs, RegistrationParameters, check_pair, check_parameters,
+    check_settings, initial_affine_of)
 from ..errors import InputError
-from ..image import Image, check_image
-from ..geometry import physical_overlap_fraction
+from ..image import Image
 from ..image_io import read_image, write_image
-
-QUALITIES = ("fast", "balanced", "accurate")
-DEVICES = ("auto", "cpu", "cuda")
-#: Below this fraction of the fixed volume covered by the moving one, inputs count as not overlapping.
-MINIMUM_OVERLAP = 0.01
+from ..methods import LEARNED_METHODS
 
 
 class RegistrationFailed(RuntimeError):
     """The background registration ended with an error; the message is the backend's."""
-
-
-@dataclass
-class RegistrationParameters:
-    """Everything a registration needs; the module's parameter node holds the same fields."""
-
-    fixed_volume: object = None
-    moving_volume: object = None
-    fixed_mask: object = None
-    moving_mask: object = None
-    initial_transform: object = None
-    method: str = "optimise"
-    model: str = ""
-    device: str = "auto"
-    quality: str = "balanced"
-    refine: int = 0
-    output_transform: bool = True
-    composed_transform: bool = False
-    output_warped_volume: bool = True
-    output_inverse_transform: bool = False
-
-    @classmethod
-    def from_object(cls, source) -> RegistrationParameters:
-        """Copy the same-named attributes of ``source`` (e.g. the module's parameter node)."""
-        return cls(**{f.name: getattr(source, f.name) for f in fields(cls) if hasattr(source, f.name)})
-
-    def settings(self) -> dict:
-        """The non-node settings, as stored in the result nodes' attributes."""
-        return {"method": self.method, "model": self.model, "device": self.device, "quality": self.quality,
-                "refine": self.refine}
-
-
-# --------------------------------------------------------------------------------------------
-# Background process command
-
-
-def backend_python() -> str:
-    """Interpreter for the background process: ``PythonSlicer`` inside Slicer, else this one."""
-    if "slicer" in sys.modules and hasattr(sys.modules["slicer"], "app"):
-        found = shutil.which("PythonSlicer", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-        if found:
-            return found
-    return sys.executable
-
-
-def backend_environment() -> dict[str, str]:
-    """Environment in which ``python -m dmmreg`` finds this package (the module's Lib folder)."""
-    env = dict(os.environ)
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def start_backend(arguments: list[str], python: str | None = None) -> BackgroundProcess:
-    """Start ``python -m dmmreg <arguments>`` in the background."""
-    return BackgroundProcess([python or backend_python(), "-m", "dmmreg", *arguments], env=backend_environment())
-
-
-GPU_PROBE = (
-    "import json, torch\n"
-    "gpus = [dict(name=torch.cuda.get_device_name(i), memory=torch.cuda.get_device_properties(i).total_memory)"
-    " for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []\n"
-    "print(json.dumps(gpus))\n"
-)
-
-
-def start_gpu_probe(python: str | None = None) -> BackgroundProcess:
-    """Ask torch in a background interpreter which CUDA GPUs there are (keeps torch out of Slicer);
-    read the answer with :func:`device_choices`."""
-    return BackgroundProcess([python or backend_python(), "-c", GPU_PROBE], env=backend_environment())
-
-
-def device_choices(probe_output: list[str] | None) -> list[tuple[str, str]]:
-    """``[(device, label)]`` for the device chooser; the CUDA entry names the GPU and its memory.
-
-    ``probe_output``: log lines of a finished :func:`start_gpu_probe` (``None``: not known yet)."""
-    import json
-
-    choices = [("auto", "Automatic"), ("cpu", "CPU")]
-    for line in reversed(probe_output or []):
-        try:
-            gpus = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(gpus, list) and gpus:
-            gpu = gpus[0]
-            choices.append(("cuda", f"CUDA: {gpu['name']} ({gpu['memory'] / 2**30:.0f} GiB)"))
-        break
-    return choices
-
-
-# --------------------------------------------------------------------------------------------
-# Checking inputs
-
-
-@dataclass
-class PairInputs:
-    """Checked images of one registration, in the form the backend gets them (LPS; 2D plane
-    coordinates for single-slice volumes, with their planes)."""
-
-    fixed: Image
-    moving: Image
-    fixed_mask: Image | None = None
-    moving_mask: Image | None = None
-    initial_affine_lps: np.ndarray | None = None
-    fixed_geometry_3d: object = None
-    moving_geometry_3d: object = None
-    fixed_plane: mrml.Plane | None = None
-    moving_plane: mrml.Plane | None = None
-
-
-def check_pair(fixed: Image, moving: Image, fixed_name: str, moving_name: str,
-               initial_affine_lps: np.ndarray | None = None) -> PairInputs:
-    """Raise ``InputError`` for images that cannot be registered; return them ready for the backend."""
-    check_image_or_slice(fixed, f"the fixed volume '{fixed_name}'")
-    check_image_or_slice(moving, f"the moving volume '{moving_name}'")
-    fixed_2d, moving_2d = mrml.is_single_slice(fixed.geometry), mrml.is_single_slice(moving.geometry)
-    if fixed_2d != moving_2d:
-        kinds = {True: "2D (a single slice)", False: "3D"}
-        raise InputError(
-            f"the fixed volume '{fixed_name}' is {kinds[fixed_2d]} but the moving volume '{moving_name}' is "
-            f"{kinds[moving_2d]}; register volumes of the same dimension"
-        )
-    moving_placed = moving.geometry
-    if initial_affine_lps is not None:
-        # the initial resampling transform maps fixed points to moving points: view the moving
-        # volume through its inverse to see where it lands in fixed space
-        placed = np.linalg.inv(initial_affine_lps) @ moving.geometry.index_to_physical
-        moving_placed = mrml.geometry_from_ijk_to_ras(mrml.LPS_FROM_RAS @ placed, moving.geometry.size)
-    overlap = physical_overlap_fraction(_thick(fixed.geometry), _thick(moving_placed))
-    if overlap < MINIMUM_OVERLAP:
-        raise InputError(
-            f"the moving volume '{moving_name}' does not overlap the fixed volume '{fixed_name}' "
-            f"({overlap:.0%} of it is covered); place it roughly on the fixed volume first "
-            "(Transforms module) or give an initial transform"
-        )
-    inputs = PairInputs(fixed, moving, initial_affine_lps=initial_affine_lps,
-                        fixed_geometry_3d=fixed.geometry, moving_geometry_3d=moving.geometry)
-    if fixed_2d:
-        if initial_affine_lps is not None:
-            raise InputError("an initial transform is not supported for single-slice (2D) volumes")
-        inputs.fixed, inputs.fixed_plane = mrml.split_plane(fixed)
-        inputs.moving, inputs.moving_plane = mrml.split_plane(moving)
-    return inputs
-
-
-def check_image_or_slice(image: Image, what: str) -> None:
-    """:func:`check_image` that accepts a single slice (size 1 along k)."""
-    if mrml.is_single_slice(image.geometry):
-        image = mrml.split_plane(image)[0]
-    check_image(image, what)
-
-
-def _thick(geometry):
-    """A single-slice geometry grown to a slab one slice thick on each side (so it has a volume)."""
-    return geometry.with_margin(geometry.spacing[2]) if mrml.is_single_slice(geometry) else geometry
-
-
-def _checked_mask(mask_node, reference_node, what: str, inputs_plane: mrml.Plane | None) -> Image | None:
-    if mask_node is None:
-        return None
-    mask = mrml.mask_from_node(mask_node, reference_node, what)
-    if inputs_plane is None:
-        return mask
-    if not mrml.is_single_slice(mask.geometry):
-        raise InputError(f"the {what} '{mask_node.GetName()}' must be a single slice like its volume")
-    plane_mask, plane = mrml.split_plane(mask)
-    if not plane.same_as(inputs_plane):
-        raise InputError(f"the {what} '{mask_node.GetName()}' must lie in the plane of its volume")
-    return plane_mask
-
-
-def initial_affine_of(transform_node) -> np.ndarray | None:
-    """LPS resampling matrix (fixed to moving) of the optional initial transform node."""
-    return None if transform_node is None else mrml.resampling_matrix_lps(transform_node)
-
-
-def check_settings(parameters: RegistrationParameters) -> None:
-    """``InputError`` for an unknown quality or device, or a model / refinement for a method
-    that has no network."""
-    from ..methods import check_model_options
-
-    check_model_options(parameters.method, parameters.model, parameters.refine)
-    if parameters.quality not in QUALITIES:
-        raise InputError(f"quality must be one of {', '.join(QUALITIES)}, not '{parameters.quality}'")
-    if parameters.device not in DEVICES:
-        raise InputError(f"device must be one of {', '.join(DEVICES)}, not '{parameters.device}'")
-
-
-def check_parameters(parameters: RegistrationParameters) -> PairInputs:
-    """Read and check the input nodes; ``InputError`` names the problem and changes nothing."""
-    p = parameters
-    if p.fixed_volume is None or p.moving_volume is None:
-        raise InputError("select both a fixed and a moving volume")
-    if p.fixed_volume is p.moving_volume:
-        raise InputError("the fixed and moving volumes are the same node; select two volumes")
-    check_settings(p)
-    if not (p.output_transform or p.output_warped_volume or p.output_inverse_transform):
-        raise InputError("choose at least one output (transform, warped volume or inverse transform)")
-    fixed = mrml.image_from_volume_node(p.fixed_volume, "fixed volume")
-    moving = mrml.image_from_volume_node(p.moving_volume, "moving volume")
-    inputs = check_pair(fixed, moving, p.fixed_volume.GetName(), p.moving_volume.GetName(),
-                        initial_affine_of(p.initial_transform))
-    inputs.fixed_mask = _checked_mask(p.fixed_mask, p.fixed_volume, "fixed mask", inputs.fixed_plane)
-    inputs.moving_mask = _checked_mask(p.moving_mask, p.moving_volume, "moving mask", inputs.moving_plane)
-    return inputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,7 +67,7 @@ class RegistrationJob:
                 "--device", p.device, "--quality", p.quality, "--progress", "json"]
         if p.model:
             args += ["--model", p.model]
-        if p.refine:
+        if p.method in LEARNED_METHODS:
             args += ["--refine", str(p.refine)]
         if p.output_warped_volume:
             args += ["--output-volume", path["warped.nii.gz"]]
@@ -362,29 +152,7 @@ class RegistrationOutputs:
     nodes: list = field(default_factory=list)
 
 
-class BackgroundRun:
-    """Shared progress state of a running registration: ``stage``, ``fraction``, ``message``, ``log``."""
-
-    def __init__(self):
-        self.stage, self.fraction, self.message = "starting", 0.0, ""
-        self.log: list[str] = []
-        self.cancelled = False
-
-    def _follow(self, job: RegistrationJob, first: float = 0.0, share: float = 1.0, label: str = "") -> list[Progress]:
-        """Poll ``job``; its fraction maps into ``[first, first + share]`` of this run, its
-        messages get ``label`` in front."""
-        reports = []
-        for kind, value in job.poll():
-            if kind == "log":
-                self.log.append(label + value)
-            else:
-                self.stage, self.message = value.stage, label + value.message
-                self.fraction = first + share * value.fraction
-                reports.append(value)
-        return reports
-
-
-class RegistrationRun(BackgroundRun):
+class RegistrationRun(BackgroundJobRun):
     """A pair registration in progress; :meth:`finish` adds the result nodes."""
 
     #: The job run; a subclass may run one that writes more outputs (and add other nodes in :meth:`_add_nodes`).
@@ -474,24 +242,12 @@ class RegistrationLogic:
         is ``None``, to ``parameters.fixed_volume``; ``parameters.moving_volume`` is ignored."""
         return SequenceRegistrationRun(self.scene, parameters, sequence_node, reference_index, self.python)
 
-    @staticmethod
-    def run_to_end(run, on_progress=None, poll_seconds: float = 0.1) -> RegistrationOutputs:
-        """Follow ``run`` until it ends (for scripts and tests), then return its outputs."""
-        import time
-
-        while not run.finished:
-            for report in run.poll():
-                if on_progress:
-                    on_progress(run, report)
-            time.sleep(poll_seconds)
-        return run.finish()
-
 
 # --------------------------------------------------------------------------------------------
 # Sequences
 
 
-class SequenceRegistrationRun(BackgroundRun):
+class SequenceRegistrationRun(BackgroundJobRun):
     """Frames of a sequence registered one background process after another."""
 
     def __init__(self, scene, parameters: RegistrationParameters, sequence_node, reference_index: int | None, python: str | None):

@@ -36,8 +36,9 @@ from . import mrml
 from ..errors import InputError
 from ..image import Image, apply_intensity_window, intensity_window
 from ..image_io import read_image
-from .registration_logic import (DEVICES, RegistrationJob, RegistrationLogic, RegistrationParameters,
-    RegistrationRun, check_parameters as check_registration_parameters, describe)
+from .background import DEVICES
+from .registration_inputs import RegistrationParameters, check_parameters as check_registration_parameters
+from .registration_logic import RegistrationJob, RegistrationRun, describe
 from ..synthesis import (SYNTHESISING_METHODS, normalised_mutual_information, structural_similarity,
     synthesised_path)
 
@@ -66,7 +67,7 @@ class SynthesisParameters:
 
 def check_parameters(parameters: SynthesisParameters):
     """``InputError`` naming the problem and the fix; returns the checked
-    :class:`~dmmreg.slicer.registration_logic.PairInputs`.  Changes nothing."""
+    :class:`~dmmreg.slicer.registration_inputs.PairInputs`.  Changes nothing."""
     p = parameters
     if p.fixed_volume is None or p.moving_volume is None:
         raise InputError("select both a fixed and a moving volume")
@@ -202,8 +203,6 @@ class SynthesisLogic:
     def start(self, parameters: SynthesisParameters) -> SynthesisRun:
         """Check the inputs and start the background run (``InputError`` if unusable)."""
         return SynthesisRun(self.scene, parameters, check_parameters(parameters), self.python)
-
-    run_to_end = staticmethod(RegistrationLogic.run_to_end)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,10 +2,11 @@
 
 :class:`ParameterNodeBinding` is the parameter-node part of Slicer's scripted-module template
 (bind ``self.ui`` to the node, observe it, rebind on enter, scene close and reopen);
-:class:`BackgroundRun` runs the module's work in the background, polled by a timer, its start
-button becoming Cancel; :class:`DeviceChoice` and :class:`MethodModelChoice` fill the device,
-method and model choosers from the backend; :func:`select_by_data` shows a parameter's value in
-such a chooser; :func:`ensure_torch` installs PyTorch from the PyTorch extension on first use.
+:class:`RunControls` drives a logic's background run from the panel (a timer polls it, the
+start button becomes Cancel, a progress bar and status label follow it); :class:`DeviceChoice`
+and :class:`MethodModelChoice` fill the device, method and model choosers from the backend;
+:func:`select_by_data` shows a parameter's value in such a chooser; :func:`ensure_torch`
+installs PyTorch from the PyTorch extension on first use.
 Qt (``qt``) and ``slicer`` are imported inside the functions, which run only in Slicer.
 """
 
@@ -87,12 +88,12 @@ def select_by_data(pairs) -> None:
             combo.setCurrentIndex(index)
 
 
-class BackgroundRun:
+class RunControls:
     """Mix into a module widget (before :class:`ParameterNodeBinding`, with :class:`DeviceChoice`)
-    whose work is a background run of the logic (an object with ``poll()``, ``fraction``,
-    ``stage``, ``message``, ``log``, ``finished``, ``finish()`` and ``cancel()``).
+    whose work is a background run of the logic (a :class:`~dmmreg.slicer.background.BackgroundJobRun`:
+    ``poll()``, ``fraction``, ``stage``, ``message``, ``log``, ``finished``, ``finish()``, ``cancel()``).
 
-    ``setup`` calls :meth:`_setupBackgroundRun` with the start button, progress bar and status
+    ``setup`` calls :meth:`_setupRunControls` with the start button, progress bar and status
     label; the start button's handler calls :meth:`_mayStartRun`, starts the run (reporting
     :class:`~dmmreg.errors.InputError` itself) and hands it to :meth:`_runStarted`.  Each timer
     tick polls the GPU probe and the run; a finished run's outputs go to the widget's
@@ -111,7 +112,7 @@ class BackgroundRun:
     run = None
     timer = None
 
-    def _setupBackgroundRun(self, runButton, progressBar, statusLabel) -> None:
+    def _setupRunControls(self, runButton, progressBar, statusLabel) -> None:
         """Remember the run's widgets and start the timer that polls the run (call in setup)."""
         import qt
 
@@ -197,14 +198,14 @@ class BackgroundRun:
 class DeviceChoice:
     """Mix into a module widget with ``ui.deviceComboBox`` and a ``device`` parameter: the
     device choices (``auto``, ``cpu`` and the GPUs a background probe finds; see
-    :func:`dmmreg.slicer.registration_logic.device_choices`).  ``setup`` calls :meth:`_setupDevices`; the
-    probe's answer is read by :meth:`_pollGpuProbe` (from :meth:`BackgroundRun.onTimer`)."""
+    :func:`dmmreg.slicer.background.device_choices`).  ``setup`` calls :meth:`_setupDevices`; the
+    probe's answer is read by :meth:`_pollGpuProbe` (from :meth:`RunControls.onTimer`)."""
 
     _gpuProbe = None
 
     def _setupDevices(self) -> None:
         """The devices known without a GPU now, the probe started, the chooser connected."""
-        from .registration_logic import start_gpu_probe
+        from .background import start_gpu_probe
 
         self._fillDevices(None)
         self._gpuProbe = start_gpu_probe()
@@ -217,7 +218,7 @@ class DeviceChoice:
             self._gpuProbe = None
 
     def _fillDevices(self, probeOutput) -> None:
-        from .registration_logic import device_choices
+        from .background import device_choices
 
         current = self._parameterNode.device if self._parameterNode else "auto"
         self.ui.deviceComboBox.clear()

@@ -165,7 +165,7 @@ def run_job(job: TrainingJob, run_folder: str | Path | None = None, progress=Non
     """Train (or fine-tune) as ``job`` says; returns the new model's card path.
 
     ``run_folder``: checkpoints and ``job.json`` (resumable; default: none); ``cancel()``: polled
-    after each update, raises :class:`~dmmreg.training.trainer.Cancelled` after a checkpoint, and no model
+    after each update, raises :class:`~dmmreg.errors.Cancelled` after a checkpoint, and no model
     file is written; ``allow_bundled``: let ``job.output`` be in ``models/`` (the bundling script)."""
     report = progress or (lambda *args, **kwargs: None)
     target = output_path(job)

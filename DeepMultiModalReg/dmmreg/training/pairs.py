@@ -79,8 +79,8 @@ def load_subject(subject: Subject, spacing_mm: float, margin_mm: float, align_co
 
     ``align_contrasts``: first register every contrast to the first one (``optimise``'s affine
     pre-alignment) and resample it through that affine, for subjects whose contrasts are only
-    roughly aligned (aurora-met's are ~1.9 mm apart): a known warp is exact only for aligned
-    contrasts, and an unsupervised loss teaches a network their offset.
+    roughly aligned (aurora-met's; benchmarks/README.md, "NMI and shifts"): a known warp is
+    exact only for aligned contrasts, and an unsupervised loss teaches a network their offset.
 
     The brain mask is the subject's mask file, else its labels > 0, else the voxels above 2 %
     of any normalised image.  When a mask or labels exist, intensities are normalised inside it
@@ -183,8 +183,7 @@ class PairSettings:
     random shift of up to half a voxel per axis (the truth shifted with it), so that both images of
     a pair are interpolated: otherwise the warped fixed image is blurrier than the moving one, NMI
     then peaks where the moving image is blurred too, off the true map, and a network trained on
-    NMI learns to shift it there (measured: trained without it, a 3D MIDIR predicted ~2.5 mm on
-    aligned pairs)."""
+    NMI learns to shift it there (benchmarks/README.md, "Training pairs: sub-voxel shift")."""
 
     dim: int = 3
     contrast_pairs: tuple[tuple[str, str], ...] | None = None

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .. import spatial
-from ..errors import InputError
+from ..errors import Cancelled, InputError
 from ..files import atomic_write
 from ..methods.learned import LearnedMethod, TrainingBatch
 
@@ -121,10 +121,6 @@ class TrainingState:
     history: list[dict] = field(default_factory=list)
 
 
-class Cancelled(Exception):
-    """Training stopped on request; the run folder holds a consistent checkpoint."""
-
-
 class Trainer:
     """Train ``model`` on ``batches`` (``batches(seed)`` -> TrainingBatch) for ``steps``
     updates per stage (``{stage: n}``, in that order).
@@ -205,8 +201,8 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(parameters, self.max_gradient_norm)
 
     def run(self) -> list[dict]:
-        """Train to the end (or raise :class:`Cancelled` after writing a checkpoint).  Returns the
-        history.  The model ends with the best validated weights of its last stage."""
+        """Train to the end (or raise :class:`~dmmreg.errors.Cancelled` after writing a checkpoint).
+        Returns the history.  The model ends with the best validated weights of its last stage."""
         self.model.to(self.device).train()
         # seconds count on from a resumed run's last record
         start = time.perf_counter() - (self.state.history[-1]["seconds"] if self.state.history else 0.0)

@@ -4,9 +4,9 @@ The trainer's pair validation (:func:`dmmreg.training.trainer.validate`) scores 
 grid, on pairs drawn like the training pairs.  A learned registration is more than that: an
 affine pre-alignment, resampling onto the model grid, the network, and the map back at full
 resolution (:func:`~dmmreg.methods.learned.register_with_model`).  The two can disagree: a 3D
-MIDIR trained here on 2 CPU cores improved on its model-grid pairs (5.28 to 4.32 mm) while its
-whole registrations of held-out cases were worse than their pre-alignment alone (3.02 against
-2.21 mm; see benchmarks/results/training-*.md).
+MIDIR can improve on its model-grid pairs while its whole registrations of held-out cases are
+worse than their pre-alignment alone (benchmarks/README.md, "Training: pair validation against
+the whole registration").
 
 A :class:`RegistrationCase` is a held-out subject's contrast (for a 2D model, an axial slice
 of it) deformed at full resolution by a random known warp

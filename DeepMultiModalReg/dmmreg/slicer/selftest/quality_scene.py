@@ -60,5 +60,5 @@ def affine_test_scene(scene, size=(20, 18, 16), spacing=(1.5, 1.2, 2.0)) -> Affi
 
 def jacobian_error(jacobian_volume_node, determinant: float) -> float:
     """Largest ``|J - determinant|`` over the voxels of a Jacobian volume."""
-    values = mrml._voxel_array(jacobian_volume_node).astype(np.float64)
+    values = mrml.voxel_array(jacobian_volume_node).astype(np.float64)
     return float(np.max(np.abs(values - determinant)))

@@ -41,7 +41,7 @@ def display_test_scene(scene, size=(12, 10, 8), spacing=(1.0, 1.5, 2.0)) -> Disp
 
 
 def _array(node) -> np.ndarray:
-    return mrml._voxel_array(node).astype(np.float64)
+    return mrml.voxel_array(node).astype(np.float64)
 
 
 def checkerboard_problems(board_node, case: DisplayCase, tile_mm: float) -> list[str]:
