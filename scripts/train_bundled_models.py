@@ -34,7 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,11 @@ SYNTHETIC = [["synthetic", "t1"], ["t1", "synthetic"], ["synthetic", "synthetic"
 class Phase:
     """One step of a curriculum: a training job from the previous phase's model.  ``data``: the
     cohorts (``multicontrast``, ``ixi``); ``pairs``: allowed ``[fixed, moving]`` contrasts (each
-    subject uses those it has); ``loss``: ``known-warp`` or ``paper``; ``steps``: updates."""
+    subject uses those it has); ``loss``: ``known-warp`` or ``paper``; ``steps``: updates;
+    ``registration_cases``: choose the phase's best weights by the whole registration of that
+    many held-out cases (0: by the held-out model-grid pairs: early phases learn on pairs long
+    before their registrations improve, and choosing by registration would keep the untrained
+    weights)."""
 
     name: str
     loss: str
@@ -73,6 +77,7 @@ class Phase:
     epoch_steps: int = 250
     learning_rate: float = 1e-3
     decay: int | None = None
+    registration_cases: int = 0
 
 
 @dataclass
@@ -80,22 +85,23 @@ class Curriculum:
     method: str
     config: dict
     phases: list[Phase]
-    registration_cases: int = 4
     spatial: str = "prealigned"
     clip: float = 1.0
-    extra: dict = field(default_factory=dict)
 
 
 CURRICULA = {
     "midir-brain-3d": Curriculum(
         method="midir", config=dict(dim=3, spacing_mm=4.0),
         phases=[
-            Phase("same-contrast", "known-warp", ("multicontrast", "ixi"), SAME_CONTRAST + [["t1", "t1"]], steps=1500),
-            Phase("cross-contrast", "known-warp", ("multicontrast", "ixi"), CROSS_CONTRAST + SYNTHETIC, steps=4000),
+            Phase("same-contrast", "known-warp", ("multicontrast", "ixi"), SAME_CONTRAST, steps=3000),
+            Phase("cross-contrast", "known-warp", ("multicontrast", "ixi"), CROSS_CONTRAST + SYNTHETIC, steps=6000),
             Phase("own-loss", "paper", ("multicontrast", "ixi"), CROSS_CONTRAST + SYNTHETIC, steps=3000,
-                  learning_rate=1e-4),
+                  learning_rate=1e-4, registration_cases=4),
         ]),
 }
+#: the cases bundling chooses by: T1 moving, the deformed T2 or FLAIR of the held-out subject fixed
+BUNDLE_PAIRS = [("t2", "t1"), ("flair", "t1")]
+BUNDLE_CASES = 6
 
 
 def write_multicontrast_cohort(path: Path) -> None:
@@ -240,7 +246,7 @@ def phase_job(name: str, curriculum: Curriculum, index: int, cohorts: dict[str, 
                        validation_pairs=8, steps=phase.steps, epoch_steps=phase.epoch_steps,
                        learning_rate=phase.learning_rate, learning_rate_decay_steps=phase.decay,
                        max_gradient_norm=curriculum.clip, align_contrasts=True,
-                       registration_cases=curriculum.registration_cases, spatial=curriculum.spatial, loss=phase.loss,
+                       registration_cases=phase.registration_cases, spatial=curriculum.spatial, loss=phase.loss,
                        seed=index, device="auto", output=str(phase_folder(name, phase).with_suffix(".safetensors")))
 
 
@@ -269,10 +275,14 @@ def print_status() -> None:
         print(f"{name} ({curriculum.method}, {curriculum.config})")
         for phase in curriculum.phases:
             state = phase_state(name, phase)
-            best = state.get("best", {})
-            text = (f"registration {best['registration_epe_mm']:.3f} mm (pre-alignment "
-                    f"{best['registration_epe_before_mm']:.3f}), model-grid pairs {best.get('epe_mm', float('nan')):.3f} mm "
-                    f"at update {state['best_at']}" if "registration_epe_mm" in best else "not validated yet")
+            best, start = state.get("best", {}), state.get("start", {})
+            text = "not validated yet"
+            if "epe_mm" in best:
+                text = (f"held-out pairs {best['epe_mm']:.3f} mm at update {state['best_at']} "
+                        f"(start {start['epe_mm']:.3f})")
+            if "registration_epe_mm" in best:
+                text += (f", registration {best['registration_epe_mm']:.3f} mm "
+                         f"(pre-alignment {best['registration_epe_before_mm']:.3f})")
             done = "finished" if state["finished"] else f"{state['updates']}/{phase.steps} updates"
             print(f"  {phase.name:15s} {phase.loss:10s} {done:22s} {state['seconds'] / 60:6.1f} min  best: {text}")
 
@@ -298,41 +308,49 @@ def export_phase(name: str, curriculum: Curriculum, index: int, cohorts: dict[st
 
 
 def bundle(cohorts: dict[str, Path], output: Path) -> None:
-    """For every curriculum: the phase model (finished, or the best so far of the running phase)
-    with the lowest whole-registration error, copied to ``output`` when it beats the pre-alignment."""
-    from dmmreg.training.trainer import score
+    """For every curriculum: of its phase models (finished, or the best so far of the running
+    phase), the one with the lowest whole-registration error on the held-out subject's
+    T1 -> T2/FLAIR cases, copied to ``output`` (its card records those figures) when it beats the
+    affine pre-alignment alone."""
+    from dmmreg.model_io import load_model
+    from dmmreg.training.cohorts import read_cohort
+    from dmmreg.training.validation import registration_cases, validate_registration
 
+    _, held_out = read_cohort(cohorts["multicontrast"]).split(MULTICONTRAST_VALIDATION)
     for name, curriculum in CURRICULA.items():
-        candidates = []
+        candidates, cases = [], None
         for index, phase in enumerate(curriculum.phases):
             finished = phase_folder(name, phase).with_suffix(".json")
             card = finished if finished.exists() else export_phase(
                 name, curriculum, index, cohorts, CAMPAIGN / name / f"{phase.name}-partial.safetensors")
             if card is None:
                 break
-            validation = json.loads(Path(card).read_text())["validation"]
-            if "registration_epe_mm" in validation:
-                candidates.append((score(validation), index, Path(card)))
+            model = load_model(card)[0]
+            cases = cases or registration_cases(held_out.subjects, BUNDLE_PAIRS, BUNDLE_CASES, model)
+            figures = validate_registration(model, cases)
+            print(f"{name} {phase.name}: {figures}", flush=True)
+            candidates.append((figures["registration_epe_mm"], index, Path(card), figures))
             if not finished.exists():
                 break
         if not candidates:
-            print(f"{name}: nothing validated yet")
+            print(f"{name}: no phase has validated weights yet")
             continue
-        _, index, card = min(candidates)
-        validation = json.loads(card.read_text())["validation"]
-        if validation["registration_epe_mm"] >= validation["registration_epe_before_mm"]:
+        _, index, card, figures = min(candidates, key=lambda c: c[0])
+        if figures["registration_epe_mm"] >= figures["registration_epe_before_mm"]:
             print(f"{name}: its best phase ({curriculum.phases[index].name}) does not beat the pre-alignment "
-                  f"({validation['registration_epe_mm']:.3f} vs {validation['registration_epe_before_mm']:.3f} mm); not bundled")
+                  f"({figures['registration_epe_mm']:.3f} vs {figures['registration_epe_before_mm']:.3f} mm); not bundled")
             continue
         target = output / f"{name}.safetensors"
         shutil.copyfile(card.with_suffix(".safetensors"), target)
         contents = json.loads(card.read_text())
         contents["name"] = name
+        contents["validation"].update({k: round(v, 4) for k, v in figures.items()})
+        contents["validation"]["registration_cases"] = [case.name for case in cases]
         target.with_suffix(".json").write_text(json.dumps(contents, indent=2) + "\n")
         describe_training(target.with_suffix(".json"), curriculum,
                           [phase_state(name, p) for p in curriculum.phases[: index + 1]])
         print(f"{name}: bundled phase {curriculum.phases[index].name}: registration "
-              f"{validation['registration_epe_mm']:.3f} mm (pre-alignment {validation['registration_epe_before_mm']:.3f})")
+              f"{figures['registration_epe_mm']:.3f} mm (pre-alignment {figures['registration_epe_before_mm']:.3f})")
     print(write_models_readme(output))
 
 
