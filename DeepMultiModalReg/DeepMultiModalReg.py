@@ -29,7 +29,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from dmmreg.errors import InputError
-from dmmreg.methods import DEFAULT_REFINE_ITERATIONS
+from dmmreg.methods import DEFAULT_REFINE_ITERATIONS, TRANSFORMS
 from dmmreg.slicer.background import run_to_end
 from dmmreg.slicer.registration_inputs import QUALITIES, RegistrationParameters
 from dmmreg.slicer.registration_logic import RegistrationFailed, RegistrationLogic
@@ -58,7 +58,8 @@ class DeepMultiModalReg(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["DeepMultiModalReg developers"]
         self.parent.helpText = (
-            "Registers a moving MRI volume (any contrast) to a fixed one: affine then deformable. "
+            "Registers a moving MRI volume (any contrast) to a fixed one: rigid, affine, or affine then "
+            "deformable (the Transform choice; learned methods stop at their rigid or affine pre-alignment). "
             "The result is a transform (place the moving volume under it to see it on the fixed one), "
             "the warped volume and optionally the inverse transform. Sequences (4D) are registered "
             "frame by frame. The work runs in a background process; Apply becomes Cancel meanwhile."
@@ -105,6 +106,7 @@ class DeepMultiModalRegParameterNode:
     model: str
     device: Annotated[str, Default("auto")]
     quality: Annotated[str, Choice(list(QUALITIES)), Default("balanced")]
+    transform: Annotated[str, Choice(list(TRANSFORMS)), Default("deformable")]
     refine: Annotated[int, WithinRange(0, 500), Default(DEFAULT_REFINE_ITERATIONS)]
     output_transform: Annotated[bool, Default(True)]
     composed_transform: bool
@@ -151,6 +153,8 @@ class DeepMultiModalRegWidget(RunControls, DeviceChoice, MethodModelChoice, Para
         p = self._parameterNode
         select_by_data(((self.ui.methodComboBox, p.method), (self.ui.deviceComboBox, p.device),
                         (self.ui.modelComboBox, p.model)))
+        # the refinement adds a displacement field: for the deformable transform only
+        self.ui.refineSpinBox.enabled = self.ui.refineSpinBoxLabel.enabled = p.transform == "deformable"
         if self.run is None:
             ready = bool(p.fixed_volume and (p.moving_volume or p.sequence))
             self.ui.applyButton.enabled = ready

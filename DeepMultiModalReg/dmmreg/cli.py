@@ -2,8 +2,10 @@
 ``python -m dmmreg``).
 
 Exit codes: 0 success, 2 bad input (the message names the problem and the fix), 1 any other
-failure.  Outputs are written only after the registration succeeded, each atomically, so a
-failed or cancelled run never leaves a half-written file or replaces an earlier result.
+failure, 130 cancelled (Ctrl-C, SIGTERM); each failure prints one ``error:`` line (the traceback
+only with ``--debug``).  Inputs are checked before any work (complete files, writable outputs
+that name no input); outputs are written as one transaction (:class:`dmmreg.files.OutputTransaction`)
+after the work succeeded, so a failed or cancelled run leaves every earlier file as it was.
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 from . import __version__
 from .errors import Cancelled, InputError
+from .methods import TRANSFORMS
+from .threads import use_threads
 
 
 class _Progress:
@@ -52,6 +58,10 @@ def _add_register(sub) -> None:
                    help="learned methods: N iterations of the optimise method started from the network's answer "
                    "(default: as many as the optimise method does at its finest level; 0: the network alone)")
     p.add_argument("--quality", default="balanced", choices=["fast", "balanced", "accurate"], help="speed/accuracy")
+    p.add_argument("--transform", default="deformable", choices=TRANSFORMS,
+                   help="transform model: rigid (rotation and translation), affine, or deformable (affine then a "
+                   "displacement field). Learned methods stop at their rigid or affine pre-alignment (FIRE: its "
+                   "network's affine part for affine; the rigid pre-alignment for rigid)")
     p.add_argument("--similarity", choices=["nmi", "lncc", "mind"], help="similarity measure (optimise method)")
     p.add_argument("--fixed-mask", help="label map: register only where > 0 in the fixed image")
     p.add_argument("--moving-mask", help="label map: use only moving-image points where > 0")
@@ -62,7 +72,8 @@ def _add_register(sub) -> None:
 def _add_runtime_options(p, cuda: str, json_fields: str) -> None:
     """``--device``, ``--threads`` and ``--progress``, shared by every command that computes."""
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=f"auto: CUDA when available; {cuda}")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (default: the cores other processes leave idle, at least one)")
     p.add_argument("--progress", choices=["text", "json", "none"], default="text",
                    help=f"json: one JSON object per line on stdout ({json_fields})")
 
@@ -158,44 +169,64 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the registration methods")
     models = sub.add_parser("models", help="list the bundled and user models with their cards")
     models.add_argument("--json", action="store_true", help="print the cards as JSON")
+    debug = "show the traceback of an internal error (exit code 1)"
+    parser.add_argument("--debug", action="store_true", help=debug)
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     return parser
 
 
-def _check_output_paths(paths: list[str | None]) -> None:
-    for path in paths:
-        if path is None:
-            continue
-        directory = os.path.dirname(os.path.abspath(path))
-        if os.path.isdir(path):
-            raise InputError(f"output {path} is a folder; give a file name")
-        if os.path.exists(directory) and not os.access(directory, os.W_OK):
-            raise InputError(f"cannot write into {directory}; choose another output folder")
+def _check_same_dimension(fixed, moving, args) -> None:
+    """``InputError`` when the images differ in dimension, saying when one was a 3D volume one
+    slice thick (read as a 2D slice)."""
+    from .image_io import file_size
+
+    if fixed.dim == moving.dim:
+        return
+
+    def described(image, path: str) -> str:
+        size = file_size(path)
+        if image.dim == 2 and size is not None and len(size) == 3:
+            return f"a 3D volume one slice thick ({' x '.join(map(str, size))} voxels, read as a 2D slice)"
+        return f"{image.dim}D"
+
+    raise InputError(f"the fixed image is {described(fixed, args.fixed)} and the moving image "
+                     f"{described(moving, args.moving)}; register images of the same dimension (a slice to a "
+                     "slice of the other image, or a volume to a volume)")
 
 
 def run_register(args, progress: _Progress) -> dict:
-    from .image_io import read_image
+    from .files import OutputTransaction, check_output_paths
+    from .image import label_count
+    from .image_io import read_image, write_image
     from .registration import register_pair
     from .transform_io import check_transform_path, read_result, write_transform
 
-    outputs = [args.output_transform, args.output_volume, args.output_inverse_transform, args.output_picture]
+    outputs = {"output transform": args.output_transform, "output volume": args.output_volume,
+               "output inverse transform": args.output_inverse_transform, "output picture": args.output_picture}
     if args.output_synthesised:
-        from .synthesis import SYNTHESISING_METHODS, check_synthesising, synthesised_path
+        from .synthesis import SYNTHESISING_METHODS, check_synthesising, on_fixed_grid, synthesised_path
 
         check_synthesising(args.method)
-        outputs += [synthesised_path(args.output_synthesised, key) for key in SYNTHESISING_METHODS[args.method]]
-    _check_output_paths(outputs)
+        outputs.update({f"synthesised image {key}": synthesised_path(args.output_synthesised, key)
+                        for key in SYNTHESISING_METHODS[args.method]})
+    check_output_paths(outputs, {"fixed image": args.fixed, "moving image": args.moving, "fixed mask": args.fixed_mask,
+                                 "moving mask": args.moving_mask, "initial transform": args.initial_transform,
+                                 "model": args.model if args.model and os.path.exists(args.model) else None})
     check_transform_path(args.output_transform)
     if args.output_inverse_transform:
         check_transform_path(args.output_inverse_transform)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     progress("load", 0.0, "reading images")
     fixed = read_image(args.fixed, "fixed image")
     moving = read_image(args.moving, "moving image")
     fixed_mask = read_image(args.fixed_mask, "fixed mask") if args.fixed_mask else None
     moving_mask = read_image(args.moving_mask, "moving mask") if args.moving_mask else None
+    _check_same_dimension(fixed, moving, args)
+    labels = label_count(moving)
+    if labels:
+        progress("load", 0.01, f"the moving image looks like a label map ({labels} values): its warped volume is "
+                 "resampled by nearest neighbour")
     initial = None
     if args.initial_transform:
         start = read_result(args.initial_transform, fixed.geometry, moving.geometry)
@@ -206,11 +237,11 @@ def run_register(args, progress: _Progress) -> dict:
     if args.model or args.refine is not None:
         from .methods import check_model_options
 
-        check_model_options(args.method, args.model, args.refine)
+        check_model_options(args.method, args.model, args.refine, args.transform)
         settings.update({"model": args.model, "refine": args.refine})
     result = register_pair(
         fixed, moving, method=args.method, fixed_mask=fixed_mask, moving_mask=moving_mask, device=args.device,
-        quality=args.quality, initial_affine=initial,
+        quality=args.quality, initial_affine=initial, transform=args.transform,
         progress=lambda stage, fraction, message: progress(stage, 0.02 + 0.9 * fraction, message) if stage != "done" else None,
         **settings,
     )
@@ -218,50 +249,46 @@ def run_register(args, progress: _Progress) -> dict:
         raise InputError(f"the {args.method} model synthesised no images; choose a model that does, or leave out "
                          "--output-synthesised")
     progress("write", 0.93, "writing outputs")
-    write_transform(result, args.output_transform)
-    written = {"transform": os.path.abspath(args.output_transform)}
-    if args.output_inverse_transform:
-        write_transform(result, args.output_inverse_transform, inverse=True)
-        written["inverse_transform"] = os.path.abspath(args.output_inverse_transform)
-    if args.output_volume:
-        from .image_io import write_image
+    with OutputTransaction() as transaction:
+        transaction.stage("transform", args.output_transform, lambda tmp: write_transform(result, tmp))
+        if args.output_inverse_transform:
+            transaction.stage("inverse_transform", args.output_inverse_transform,
+                              lambda tmp: write_transform(result, tmp, inverse=True))
+        if args.output_volume:
+            mode = "nearest" if labels else "linear"
+            transaction.stage("volume", args.output_volume, lambda tmp: write_image(result.warp(moving, mode=mode), tmp))
+        if args.output_picture:
+            from .picture import save_registration_picture
 
-        write_image(result.warp(moving), args.output_volume)
-        written["volume"] = os.path.abspath(args.output_volume)
-    if args.output_picture:
-        from .picture import save_registration_picture
-
-        save_registration_picture(fixed, moving, result, args.output_picture,
-                                  title=f"{args.method}: {os.path.basename(args.moving)} to {os.path.basename(args.fixed)}")
-        written["picture"] = os.path.abspath(args.output_picture)
-    if args.output_synthesised:
-        from .image_io import write_image
-        from .synthesis import on_fixed_grid, synthesised_path
-
-        for key, image in sorted(result.synthesised.items()):
-            path = synthesised_path(args.output_synthesised, key)
-            write_image(on_fixed_grid(image, fixed.geometry), path)
-            written[f"synthesised_{key}"] = os.path.abspath(path)
+            title = f"{args.method} ({args.transform}): {os.path.basename(args.moving)} to {os.path.basename(args.fixed)}"
+            transaction.stage("picture", args.output_picture,
+                              lambda tmp: save_registration_picture(fixed, moving, result, tmp, title=title))
+        for key, image in sorted(result.synthesised.items()) if args.output_synthesised else []:
+            transaction.stage(f"synthesised_{key}", synthesised_path(args.output_synthesised, key),
+                              lambda tmp, image=image: write_image(on_fixed_grid(image, fixed.geometry), tmp))
+        written = transaction.commit()
     return {"outputs": written, "seconds": round(result.seconds, 2)}
 
 
 def run_known_warp(args, progress: _Progress) -> dict:
     import numpy as np
 
+    from .files import OutputTransaction, check_output_paths
     from .image_io import read_image, write_image
     from .known_warp import KnownWarpSettings, deform, random_known_warp
     from .transform_io import check_transform_path, write_transform
 
-    _check_output_paths([args.output, args.output_transform])
+    check_output_paths({"output": args.output, "output transform": args.output_transform}, {"input image": args.input})
     check_transform_path(args.output_transform)
     image = read_image(args.input, "input image")
     settings = KnownWarpSettings(args.max_rotation_deg, args.max_scaling, args.max_shift_mm,
                                  args.mean_nonrigid_mm, args.max_nonrigid_mm)
     progress("warp", 0.1, f"drawing a random known warp (seed {args.seed})")
     warp = random_known_warp(image.geometry, args.seed, settings, mask=image.array > np.min(image.array))
-    write_image(deform(image, warp), args.output)
-    write_transform(warp, args.output_transform)
-    return {"outputs": {"volume": os.path.abspath(args.output), "transform": os.path.abspath(args.output_transform)}}
+    with OutputTransaction() as transaction:
+        transaction.stage("volume", args.output, lambda tmp: write_image(deform(image, warp), tmp))
+        transaction.stage("transform", args.output_transform, lambda tmp: write_transform(warp, tmp))
+        return {"outputs": transaction.commit()}
 
 
 def _config_value(text: str):
@@ -333,10 +360,7 @@ def run_training(args, progress: _Progress) -> dict:
     from .model_io import user_models_folder
     from .training.jobs import cancel_on_signals, resume_job, run_job
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     cancel = cancel_on_signals()
     if getattr(args, "resume", None):
         card = resume_job(args.resume, progress, cancel)
@@ -357,8 +381,43 @@ def model_line(card: dict) -> str:
     return f"{card['name']}: {card['method']} {card['dimension']}D ({card.get('origin', 'file')}: {card['path']}){'; validation: ' + validation if validation else ''}"
 
 
+#: What a failed or cancelled command leaves behind, for its error line.
+_LEFT = {"register": "no output was written (existing files are unchanged)",
+         "known-warp": "no output was written (existing files are unchanged)",
+         "train": "no model was written", "finetune": "no model was written"}
+
+
+def _fail(progress: _Progress, stage: str, message: str, code: int) -> int:
+    """Print the one ``error:`` line (and the JSON event); returns the exit code."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if progress.mode == "json":
+        progress(stage, 1.0, message)
+    return code
+
+
+def _interrupt(number, frame) -> None:
+    """SIGTERM handler: stop like Ctrl-C, so the outputs' transaction cleans up."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line on ``argv`` (default: the process's arguments); returns the exit code."""
+    arguments = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    debug = "--debug" in arguments
+    try:
+        return _run(build_parser().parse_args(arguments), debug)
+    except KeyboardInterrupt:
+        print("error: cancelled; no output was written (existing files are unchanged)", file=sys.stderr, flush=True)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"error: internal error ({type(exc).__name__}: {exc}); run again with --debug for the traceback, "
+              "and report it", file=sys.stderr, flush=True)
+        return 1
+
+
+def _run(args, debug: bool) -> int:
     if args.command == "methods":
         from .methods import available_methods
 
@@ -378,23 +437,37 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"no models in {BUNDLED_MODELS} or {user_models_folder()}", file=sys.stderr)
         return 0
+    from .files import interrupts_held
+
     progress = _Progress(getattr(args, "progress", "text"))
     start = time.perf_counter()
     commands = {"register": run_register, "known-warp": run_known_warp, "train": run_training, "finetune": run_training}
+    left = _LEFT[args.command]
+    # training stops on signals by itself, after the current update; the other commands stop at once
+    stop_on_sigterm = (args.command in ("register", "known-warp") and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+                       and threading.current_thread() is threading.main_thread())
+    if stop_on_sigterm:
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         summary = commands[args.command](args, progress)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        if progress.mode == "json":
-            progress("error", 1.0, str(exc))
-        return 2
+        return _fail(progress, "error", str(exc), 2)
     except Cancelled as exc:
-        print(f"error: {exc}; no model was written", file=sys.stderr, flush=True)
-        if progress.mode == "json":
-            progress("cancelled", 1.0, str(exc))
-        return 130
+        return _fail(progress, "cancelled", f"{exc}; {left}", 130)
     except KeyboardInterrupt:
-        print("error: cancelled; no output was written", file=sys.stderr, flush=True)
-        return 130
-    progress("done", 1.0, f"finished in {time.perf_counter() - start:.1f} s", **summary)
+        return _fail(progress, "cancelled", f"cancelled; {left}", 130)
+    except OSError as exc:
+        if debug:
+            raise
+        return _fail(progress, "error", f"{exc}; {left}", 1)
+    except Exception as exc:
+        if debug:
+            raise
+        return _fail(progress, "error", f"internal error ({type(exc).__name__}: {exc}); {left}; run again with --debug "
+                     "for the traceback, and report it", 1)
+    finally:
+        if stop_on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with interrupts_held():  # the outputs are written: finish the report
+        progress("done", 1.0, f"finished in {time.perf_counter() - start:.1f} s", **summary)
     return 0

@@ -52,6 +52,23 @@ def axial_slice(image: Image, index: int) -> Image:
     return Image(image.array[index].copy(), Geometry(g.size[:2], g.spacing[:2], tuple(origin), u @ vt))
 
 
+#: Most distinct values an image may have and still be taken for a label map.
+LABEL_MAP_MAX_VALUES = 128
+
+
+def label_count(image: Image) -> int | None:
+    """The number of distinct values when ``image`` looks like a label map (whole numbers
+    only, at most :data:`LABEL_MAP_MAX_VALUES` of them), else None.  Intensity images, even
+    8-bit ones, have hundreds of values."""
+    a = np.asarray(image.array)
+    if a.dtype.kind == "f" and not np.array_equal(a, np.round(a)):
+        return None
+    if a.dtype.kind not in "iuf":
+        return None
+    values = np.unique(a)
+    return len(values) if len(values) <= LABEL_MAP_MAX_VALUES else None
+
+
 def check_image(image: Image, what: str) -> None:
     """Raise ``InputError`` for an image registration cannot use (NaN, empty, constant)."""
     a = image.array

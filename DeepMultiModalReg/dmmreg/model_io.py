@@ -96,11 +96,44 @@ def read_card(path: str | os.PathLike) -> dict:
         raise InputError(f"no model card {card_path}: a model is a .safetensors file with its .json card beside it")
     try:
         card = json.loads(card_path.read_text())
-    except json.JSONDecodeError as error:
-        raise InputError(f"model card {card_path} is not valid JSON ({error}); re-save or re-train the model") from error
-    if card.get("format") != CARD_FORMAT:
-        raise InputError(f"{card_path} is not a DeepMultiModalReg model card (format {card.get('format')!r})")
+    except ValueError as error:  # not JSON, or not text
+        raise InputError(f"model card {card_path} is not valid JSON ({error}); re-save or re-train the model") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        found = card.get("format") if isinstance(card, dict) else None
+        raise InputError(f"{card_path} is not a DeepMultiModalReg model card (format {found!r}); give the card "
+                         "made with the model's .safetensors weights")
     return card
+
+
+#: File endings of pickled PyTorch weights, which are never loaded (unpickling can run code).
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
+_RESAVE = ("save the weights with safetensors.torch.save_file beside a model card, or train a model with "
+           "`dmmreg train`")
+
+
+def check_safetensors(path: Path) -> None:
+    """``InputError`` unless ``path`` is a complete safetensors file: an 8-byte little-endian
+    header length, a JSON header, and the tensors' data ending within the file.  Reads the
+    header only; nothing is unpickled."""
+    size = path.stat().st_size
+    with open(path, "rb") as stream:
+        start = stream.read(8)
+        if start[:2] == b"PK" or start[:1] == b"\x80":
+            raise InputError(f"model weights {path} are a pickle (PyTorch .pt), not safetensors; pickles are never "
+                             f"loaded, since they can run code: {_RESAVE}")
+        header_length = int.from_bytes(start, "little") if len(start) == 8 else size
+        if header_length > size - 8:
+            raise InputError(f"model weights {path} are not a safetensors file (or the file is truncated: "
+                             f"{size} bytes); copy the file again or {_RESAVE}")
+        try:
+            header = json.loads(stream.read(header_length))
+            end = max((int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise InputError(f"model weights {path} are not a safetensors file (its header is not valid); "
+                             f"{_RESAVE}") from None
+    if 8 + header_length + end > size:
+        raise InputError(f"model weights {path}: file is truncated: {size} of {8 + header_length + end} bytes; "
+                         "copy the file again")
 
 
 def load_model(path: str | os.PathLike, method: str | None = None, device="cpu"):
@@ -108,24 +141,40 @@ def load_model(path: str | os.PathLike, method: str | None = None, device="cpu")
     ``(model, card)``."""
     from safetensors.torch import load_file
 
-    from .methods import method_class
+    from .methods import LEARNED_METHODS, method_class
 
     card = read_card(path)
     weights = Path(path).with_suffix(".safetensors")
+    if card.get("method") not in LEARNED_METHODS or card.get("dimension") not in (2, 3) \
+            or not isinstance(card.get("config"), dict):
+        raise InputError(f"model card {weights.with_suffix('.json')} lacks a learned method, a dimension (2 or 3) "
+                         f"or a config; re-save or re-train the model")
     if method is not None and card["method"] != method:
         raise InputError(f"{weights} is a {card['method']!r} model, not a {method!r} one; choose a {method} model "
                          f"or --method {card['method']}")
     if not weights.exists():
         raise InputError(f"model weights {weights} are missing beside its card; copy them there or re-train")
+    check_safetensors(weights)
     cls = method_class(card["method"])
-    model = cls(cls.config_class.from_dict(card["config"]))
-    state = load_file(str(weights), device=str(device))
+    try:
+        model = cls(cls.config_class.from_dict(card["config"]))
+    except (TypeError, ValueError, KeyError) as error:
+        raise InputError(f"the config in {weights.with_suffix('.json')} does not fit the {card['method']} network "
+                         f"({error}); it was made by another version: re-train the model") from None
+    try:
+        state = load_file(str(weights), device=str(device))
+    except Exception as error:  # safetensors raises its own error type for any malformed file
+        raise InputError(f"cannot read model weights {weights} ({error}); copy the file again or {_RESAVE}") from None
     expected = {k for k in model.state_dict() if not k.startswith(model.training_only)}
     missing, unexpected = expected - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:
         raise InputError(f"{weights} does not match the {card['method']} network (missing {sorted(missing)[:3]}, "
                          f"unexpected {sorted(unexpected)[:3]}); it was made by another version")
-    model.load_state_dict(state, strict=False)  # training-only parts (e.g. discriminators) keep their initial weights
+    try:
+        model.load_state_dict(state, strict=False)  # training-only parts (e.g. discriminators) keep their initial weights
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1].strip()
+        raise InputError(f"{weights} does not match the network its card describes ({first}); re-train the model") from None
     return model.to(device), card
 
 
@@ -149,7 +198,16 @@ def find_model(method: str, dim: int, model: str | None = None) -> Path:
     """The model card to use: ``model`` (a path, or the name of a bundled or user model), else
     the bundled model of ``method`` for ``dim``-D images."""
     if model is not None:
-        candidates = [Path(model)] + [folder / f"{model}.json" for _, folder in model_folders()]
+        given = Path(model)
+        if given.suffix.lower() in PICKLE_SUFFIXES:
+            raise InputError(f"model {model} is a {given.suffix} file (pickled PyTorch weights), which is never "
+                             f"loaded, since unpickling can run code: {_RESAVE}")
+        if given.is_file():
+            if given.suffix.lower() not in (".safetensors", ".json"):
+                raise InputError(f"model {model} is not a model file: give NAME.safetensors (with its card NAME.json "
+                                 "beside it) or the name of a model from `dmmreg models`")
+            return given.with_suffix(".json")
+        candidates = [given] + [folder / f"{model}.json" for _, folder in model_folders()]
         for candidate in candidates:
             if candidate.with_suffix(".json").exists():
                 return candidate.with_suffix(".json")

@@ -3,7 +3,9 @@
 Three orthogonal slices through the fixed image centre, in the fixed grid: the fixed image, the
 moving image before (identity: resampled into the fixed grid without any transform) and after
 registration, each with the fixed image's edges drawn over it in colour, and the deformation
-grid with the Jacobian determinant of the transform.
+grid with the Jacobian determinant of the transform.  Every view is drawn at its physical aspect
+ratio (a voxel is as tall and wide as its spacing along the view's axes, so thick slices are not
+squeezed); an oblique grid's views are its own index planes, shown unrotated.
 """
 
 from __future__ import annotations
@@ -45,6 +47,17 @@ def _grid_lines(displacement: np.ndarray, step: int) -> list[np.ndarray]:
     return lines
 
 
+#: In-plane index axes (row, column) of each view of :func:`mid_slices`, as (x, y, z) component numbers.
+VIEW_AXES = {3: [(1, 0), (2, 0), (2, 1)], 2: [(1, 0)]}
+
+
+def view_aspects(geometry) -> list[float]:
+    """Height / width (mm per mm) of one voxel in each view of :func:`mid_slices` on ``geometry``:
+    the physical step along the view's row axis over the step along its column axis."""
+    steps = np.linalg.norm(geometry.direction @ np.diag(geometry.spacing), axis=0)  # mm per index step, (x, y, z)
+    return [steps[row] / steps[col] for row, col in VIEW_AXES[geometry.dim]]
+
+
 def save_registration_picture(
     fixed: Image,
     moving: Image,
@@ -53,6 +66,15 @@ def save_registration_picture(
     title: str = "",
 ) -> None:
     """Write the picture described in the module docstring to ``path`` (PNG)."""
+    fig = registration_figure(fixed, moving, result, title)
+    import matplotlib.pyplot as plt
+
+    atomic_write(os.fspath(path), lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    plt.close(fig)
+
+
+def registration_figure(fixed: Image, moving: Image, result: RegistrationResult, title: str = ""):
+    """The matplotlib figure of the picture (rows: views; columns: fixed, before, after, grid)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,8 +92,8 @@ def save_registration_picture(
     disp_vox = disp_vox - disp_vox.reshape(-1, result.dim).mean(axis=0)  # show the non-rigid part
 
     views = ["axial", "coronal", "sagittal"] if result.dim == 3 else ["slice"]
-    # in-plane index axes (row, col) of each view, in (x, y, z) component numbers
-    planes = [(1, 0), (2, 0), (2, 1)] if result.dim == 3 else [(1, 0)]
+    planes = VIEW_AXES[result.dim]
+    aspects = view_aspects(result.fixed_geometry)
     fig, axes = plt.subplots(len(views), 4, figsize=(16, 4.2 * len(views)), squeeze=False)
     columns = ["fixed", "moving before (identity)", "moving after registration", "deformation grid, Jacobian"]
     for row, (view, fixed_s, before_s, after_s, jac_s, (r_ax, c_ax)) in enumerate(
@@ -80,13 +102,13 @@ def save_registration_picture(
         edges = _edges(fixed_s)
         for col, image in enumerate([fixed_s, before_s, after_s]):
             ax = axes[row, col]
-            ax.imshow(image, cmap="gray", origin="lower", vmin=0, vmax=1)
+            ax.imshow(image, cmap="gray", origin="lower", vmin=0, vmax=1, aspect=aspects[row])
             if col > 0:
                 overlay = np.zeros((*edges.shape, 4))
                 overlay[edges] = (1.0, 0.3, 0.0, 0.8)
-                ax.imshow(overlay, origin="lower")
+                ax.imshow(overlay, origin="lower", aspect=aspects[row])
         ax = axes[row, 3]
-        shown = ax.imshow(jac_s, cmap="RdBu_r", origin="lower", vmin=0.5, vmax=1.5)
+        shown = ax.imshow(jac_s, cmap="RdBu_r", origin="lower", vmin=0.5, vmax=1.5, aspect=aspects[row])
         in_plane = np.stack([mid_slices(disp_vox[..., r_ax])[row], mid_slices(disp_vox[..., c_ax])[row]], axis=-1)
         for line in _grid_lines(in_plane, step=max(4, min(jac_s.shape) // 20)):
             ax.plot(line[:, 0], line[:, 1], color="k", linewidth=0.5)
@@ -101,5 +123,4 @@ def save_registration_picture(
         axes[row, 0].set_ylabel(view)
     fig.suptitle(title or f"{result.method}: fixed edges (orange) over the moving image")
     fig.tight_layout()
-    atomic_write(os.fspath(path), lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
-    plt.close(fig)
+    return fig

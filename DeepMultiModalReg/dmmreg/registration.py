@@ -7,7 +7,7 @@ import numpy as np
 from .errors import InputError
 from .geometry import check_overlap
 from .image import Image, check_image
-from .methods import method_function
+from .methods import check_transform, method_function
 from .progress import ProgressCallback
 from .result import RegistrationResult
 
@@ -61,18 +61,21 @@ def register_pair(
     quality: str = "balanced",
     initial_affine: np.ndarray | None = None,
     progress: ProgressCallback | None = None,
+    transform: str = "deformable",
     **settings,
 ) -> RegistrationResult:
-    """Register ``moving`` to ``fixed`` with method ``method``.
+    """Register ``moving`` to ``fixed`` with method ``method`` and transform model ``transform``
+    ("rigid": rotation and translation; "affine"; "deformable": affine then a displacement field).
 
     Returns the resampling transform ``T(p) = A(p + u(p))`` (fixed-space LPS point to moving-space
     point, mm) with its inverse field.  ``progress(stage, fraction, message)`` is called along the
     way and may raise :class:`dmmreg.errors.Cancelled` to stop.  The inputs are not modified."""
     register = method_function(method)
+    check_transform(transform)
     check_pair(fixed, moving, initial_affine)
     fixed_mask = _mask_on(fixed_mask, fixed, "the fixed mask")
     moving_mask = _mask_on(moving_mask, moving, "the moving mask")
     return register(
         fixed, moving, fixed_mask=fixed_mask, moving_mask=moving_mask, device=select_device(device),
-        quality=quality, initial_affine=initial_affine, progress=progress, **settings,
+        quality=quality, initial_affine=initial_affine, progress=progress, transform=transform, **settings,
     )

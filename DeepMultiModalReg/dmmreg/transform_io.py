@@ -22,7 +22,7 @@ from .errors import InputError
 from .geometry import Geometry
 from .image import Image
 from .files import atomic_write
-from .image_io import geometry_from_sitk, to_sitk
+from .image_io import check_complete, geometry_from_sitk, to_sitk
 from .result import RegistrationResult
 
 FIELD_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -120,6 +120,7 @@ def read_transform(path: str | os.PathLike):
         raise InputError(f"transform file not found: {path}")
     try:
         if _kind(path) == "field":
+            check_complete(path, "transform")
             img = sitk.ReadImage(path, sitk.sitkVectorFloat64)
             return sitk.DisplacementFieldTransform(img)
         return sitk.ReadTransform(path)

@@ -187,6 +187,7 @@ def bad_input_cases(scene, stroke):
         "no moving volume": (dict(moving_volume=None), "select both"),
         "no output": (dict(moving_volume=moving, output_transform=False, output_warped_volume=False), "at least one output"),
         "unknown quality": (dict(moving_volume=moving, quality="best"), "quality must be"),
+        "unknown transform": (dict(moving_volume=moving, transform="similarity"), "unknown transform 'similarity'"),
         "model for optimise": (dict(moving_volume=moving, model="midir-brain-3d"), "apply to the learned methods"),
         "negative refinement": (dict(moving_volume=moving, method="midir", refine=-1), "0 or more iterations"),
         "non-linear initial transform": (dict(moving_volume=moving, initial_transform=scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "grid")), "must be linear"),
@@ -336,6 +337,24 @@ def test_a_learned_method_runs_from_the_logic_with_its_model(scene, oblique_case
     settings = json.loads(outputs.transform.leaf.GetAttribute("DeepMultiModalReg.Settings"))
     assert settings["model"].endswith("midir-test.safetensors") and settings["refine"] == 5
     assert outputs.warped_volume is not None
+
+
+@needs_cli
+def test_rigid_transform_from_the_logic(scene, oblique_case):
+    """The panel's Transform choice reaches the backend: a rigid result is one linear node whose
+    matrix is a rotation (determinant 1, no scaling), and a learned method's refinement setting
+    is not passed with it (the refinement is deformable)."""
+    fixed_image, moving_image, _ = oblique_case
+    fixed = mrml.add_volume_node(scene, fixed_image, "T1 warped")
+    moving = mrml.add_volume_node(scene, moving_image, "FLAIR")
+    parameters = RegistrationParameters(fixed_volume=fixed, moving_volume=moving, quality="fast", transform="rigid")
+    outputs = run_to_end(RegistrationLogic(scene).start(parameters))
+    leaf = outputs.transform.leaf
+    assert leaf.IsA("vtkMRMLLinearTransformNode") and json.loads(leaf.GetAttribute("DeepMultiModalReg.Settings"))["transform"] == "rigid"
+    matrix = slicer.util.arrayFromTransformMatrix(leaf)[:3, :3]
+    assert abs(np.linalg.det(matrix) - 1) < 1e-6
+    np.testing.assert_allclose(np.linalg.svd(matrix)[1], 1.0, atol=1e-6)
+    assert RegistrationParameters(method="midir", transform="rigid").refines is False
 
 
 @needs_cli

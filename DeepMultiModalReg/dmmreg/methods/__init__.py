@@ -46,6 +46,17 @@ METHODS = {
 
 LEARNED_METHODS = ("fire", "variational", "disentangled", "midir", "hierarchical")
 
+#: Transform models every method can be asked for, simplest first.  ``rigid``: rotation and
+#: translation (determinant 1, no scaling or shear); ``affine``: no displacement field;
+#: ``deformable``: affine then a displacement field.
+TRANSFORMS = ("rigid", "affine", "deformable")
+
+
+def check_transform(transform: str) -> None:
+    """``InputError`` unless ``transform`` is one of :data:`TRANSFORMS`."""
+    if transform not in TRANSFORMS:
+        raise InputError(f"unknown transform {transform!r}; choose one of {', '.join(TRANSFORMS)}")
+
 
 def available_methods() -> list[tuple[str, str]]:
     """``(name, summary)`` of every method, in the order to show them."""
@@ -76,14 +87,18 @@ def method_class(name: str):
 DEFAULT_REFINE_ITERATIONS = 20
 
 
-def check_model_options(method: str, model: str | None, refine: int | None) -> None:
-    """``InputError`` unless ``model`` and ``refine`` fit ``method``: both are for the learned
-    methods only, and ``refine`` counts iterations (0 or more; None: the default)."""
+def check_model_options(method: str, model: str | None, refine: int | None, transform: str = "deformable") -> None:
+    """``InputError`` unless ``model`` and ``refine`` fit ``method`` and ``transform``: both are for
+    the learned methods only, and ``refine`` counts iterations (0 or more; None: the default) of
+    a deformable refinement, so it is for the deformable transform only."""
     if (model or refine) and method not in LEARNED_METHODS:
         raise InputError(f"--model and --refine apply to the learned methods ({', '.join(LEARNED_METHODS)}), "
                          f"not to {method!r}: choose one of them, or leave the model and refinement out")
     if refine is not None and refine < 0:
         raise InputError(f"the refinement (--refine) must be 0 or more iterations, not {refine}")
+    if refine and transform != "deformable":
+        raise InputError(f"the refinement (--refine) adds a displacement field, which a {transform} transform has "
+                         "not; leave the refinement out (or 0), or choose --transform deformable")
 
 
 def available_models(method: str) -> list[tuple[str, str]]:

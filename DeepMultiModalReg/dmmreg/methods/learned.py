@@ -15,6 +15,12 @@ Data flow of a learned registration (:func:`register_with_model`)::
 centre-of-mass shift (methods that predict their own affine, e.g. FIRE).  The moving image is
 resampled onto the model grid through ``A0`` before the network sees it.
 
+Rigid and affine registrations (``transform``) stop before the displacement field: a network
+without an affine part is not run and the answer is the rigid or affine pre-alignment; FIRE's
+affine answer is its network's affine part ``A0 A_n`` (no field, no refinement).  FIRE's affine
+part is a general affine that cannot be made rigid, so a rigid registration with FIRE is, as
+with every learned method, the rigid pre-alignment.
+
 Network outputs are converted to physical units with :func:`index_to_physical_vectors`, so the
 networks themselves work in voxel units of the model grid and never see the geometry.
 """
@@ -22,7 +28,7 @@ networks themselves work in voxel units of the model grid and never see the geom
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import ClassVar
 
 import numpy as np
@@ -255,22 +261,32 @@ def register_with_model(
     refine: int = 0,
     progress: ProgressCallback | None = None,
     model_name: str = "",
+    transform: str = "deformable",
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with a trained ``model`` (see the module docstring).
 
     ``refine``: iterations of the ``optimise`` method's deformable stage started from the
-    network's answer (0: the network alone).  The inputs are not modified."""
+    network's answer (0: the network alone; deformable only).  ``transform``: rigid, affine or
+    deformable.  The inputs are not modified."""
+    from . import check_model_options, check_transform
+    from .optimise import prealign
+
     start = time.perf_counter()
     report = progress or (lambda *_: None)
     device = torch.device(device)
+    check_transform(transform)
+    check_model_options(model.name, None, refine, transform)
     if fixed.dim != model.dim:
         raise InputError(f"the model {model_name or model.name!r} is {model.dim}D but the images are {fixed.dim}D; "
                          f"choose a {fixed.dim}D model")
+    if transform == "rigid" or (transform == "affine" and not model.predicts_affine):
+        result = RegistrationResult(fixed.geometry, moving.geometry, prealign(
+            fixed, moving, fixed_mask, moving_mask, device, transform, initial_affine, report), method=model.name,
+            settings={"model": model_name, "transform": transform, "network": f"not run: the {transform} pre-alignment"})
+        return _finished(result, start, report)
     if initial_affine is None:  # deformable-only networks: affine pre-alignment; else centre of mass
-        from .optimise import prealign
-
-        initial_affine = prealign(fixed, moving, fixed_mask, moving_mask, device, affine=not model.predicts_affine,
-                                  progress=report)
+        initial_affine = prealign(fixed, moving, fixed_mask, moving_mask, device,
+                                  "translation" if model.predicts_affine else "affine", progress=report)
     cfg = model.config
     geometry = model_grid(fixed.geometry, cfg.spacing_mm, cfg.margin_mm)
     report("predict", 0.3, f"running the {model.name} network on a {'x'.join(map(str, geometry.size))} grid at {cfg.spacing_mm:g} mm")
@@ -281,13 +297,20 @@ def register_with_model(
     with torch.no_grad():
         prediction = model.predict(fixed_t, moving_t, geometry)
         result = result_from_prediction(prediction, geometry, fixed.geometry, moving.geometry, initial_affine)
+    if transform == "affine":  # the network's affine part alone
+        result = replace(result, field_geometry=None, displacement=None, inverse_displacement=None)
     result.method = model.name
-    result.settings = {"model": model_name, **asdict(cfg), "refine": refine}
+    result.settings = {"model": model_name, **asdict(cfg), "refine": refine, "transform": transform}
     if refine > 0:
         from .optimise import refine_result
 
         report("refine", 0.6, f"refining the network's answer with {refine} optimise iterations")
         result = refine_result(result, fixed, moving, fixed_mask, moving_mask, device, refine, report)
+    return _finished(result, start, report)
+
+
+def _finished(result: RegistrationResult, start: float, report: ProgressCallback) -> RegistrationResult:
+    """``result`` with its run time (s) since ``start``, reported done."""
     result.seconds = time.perf_counter() - start
     report("done", 1.0, f"registration finished in {result.seconds:.1f} s")
     return result
@@ -329,11 +352,12 @@ def registration_function(name: str):
     bundled model's name; default: the bundled model of method ``name`` for the images'
     dimension) and runs :func:`register_with_model`; ``refine``: ``optimise`` iterations after the
     network (None: :data:`~dmmreg.methods.DEFAULT_REFINE_ITERATIONS`, the accurate mode; 0: the
-    network alone).  ``quality`` is accepted for the registry's common signature."""
+    network alone; rigid and affine transforms: none).  ``quality`` is accepted for the
+    registry's common signature."""
 
     def register(fixed, moving, fixed_mask=None, moving_mask=None, device="cpu", quality="balanced",
                  initial_affine=None, progress=None, model=None, refine: int | None = None,
-                 **overrides) -> RegistrationResult:
+                 transform: str = "deformable", **overrides) -> RegistrationResult:
         from ..model_io import find_model, load_model
 
         from . import DEFAULT_REFINE_ITERATIONS, check_model_options
@@ -341,12 +365,13 @@ def registration_function(name: str):
         if overrides:
             raise InputError(f"method {name!r} does not take {', '.join(sorted(overrides))} (these are "
                              "settings of the optimise method)")
-        check_model_options(name, model, refine)
-        refine = DEFAULT_REFINE_ITERATIONS if refine is None else refine
+        check_model_options(name, model, refine, transform)
+        if refine is None:
+            refine = DEFAULT_REFINE_ITERATIONS if transform == "deformable" else 0
         path = find_model(name, fixed.dim, model)
         network, card = load_model(path, method=name, device=device)
         return register_with_model(network, fixed, moving, fixed_mask, moving_mask, device, initial_affine,
-                                   refine, progress, model_name=card.get("name", str(path)))
+                                   refine, progress, model_name=card.get("name", str(path)), transform=transform)
 
     register.__doc__ = f"Entry point of the method registry: the trained {name!r} network (see :func:`register_with_model`)."
     return register

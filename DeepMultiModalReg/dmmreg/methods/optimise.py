@@ -3,7 +3,10 @@
 1. Intensities normalised by robust percentiles; the moving image's centre of mass is aligned
    with the fixed one (unless an initial affine is given).
 2. Affine: rotation, scaling, shear and translation about the fixed image centre, optimised
-   with Adam on a coarse-to-fine pyramid (default 8, 4, 2, 1 mm).
+   with Adam on a coarse-to-fine pyramid (default 8, 4, 2, 1 mm).  A rigid transform
+   (``transform="rigid"``) optimises the rotation (three angles; one in 2D) and translation
+   only, so its determinant is 1 and it neither scales nor shears; ``"rigid"`` and ``"affine"``
+   stop here (no displacement field).
 3. Deformable: a stationary velocity field parameterised by cubic B-spline control points
    (003_2f2aa96e65959a3c.txt sec. 3.2.1: dense velocity by transposed convolution, displacement
    by scaling and squaring), optimised on the same similarity plus a diffusion penalty on the
@@ -31,6 +34,7 @@ import numpy as np
 import torch
 
 from .. import losses, regularisers, spatial
+from . import check_transform
 from ..errors import InputError
 from ..geometry import Geometry
 from ..image import Image, normalise_intensity
@@ -58,7 +62,7 @@ class OptimiseSettings:
     # per joint-histogram cell on coarse 2D levels and misregistered slices; 3D results unchanged
     bins: int = 32
     margin_mm: float = 10.0
-    deformable: bool = True
+    transform: str = "deformable"  # rigid | affine | deformable (dmmreg.methods.TRANSFORMS)
     seed: int = 0
 
 
@@ -177,6 +181,26 @@ class _Similarity:
         return sampled, spatial.inside_weight(points, lv.moving_geometry)[:, None]
 
 
+#: Adam learning rates of the affine parameters per mm of level spacing (mm, radians, log-factor, shear).
+AFFINE_LEARNING_RATES = {"translation": 0.25, "angles": 0.004, "log_scale": 0.002, "shear": 0.002}
+
+
+def _rigid_start(initial_affine: np.ndarray) -> np.ndarray:
+    """``initial_affine`` with its linear part replaced by the nearest rotation (polar
+    decomposition), so a rigid registration from it stays rigid; ``InputError`` when it scales,
+    shears or mirrors by more than 0.1 %."""
+    dim = initial_affine.shape[0] - 1
+    u, singular_values, vt = np.linalg.svd(initial_affine[:dim, :dim])
+    rotation = u @ vt
+    if np.max(np.abs(singular_values - 1)) > 1e-3 or np.linalg.det(rotation) < 0:
+        raise InputError(f"a rigid registration cannot start from an initial transform that scales, shears or mirrors "
+                         f"(its singular values are {np.round(singular_values, 4).tolist()}); give a rigid initial "
+                         "transform, or choose the affine or deformable transform")
+    rigid = np.array(initial_affine, dtype=np.float64)
+    rigid[:dim, :dim] = rotation
+    return rigid
+
+
 def _cosine_lr(optimiser, base: list[float], step: int, total: int) -> None:
     factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
     for group, lr in zip(optimiser.param_groups, base):
@@ -195,6 +219,10 @@ def register_optimise(
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed``; see the module docstring.  ``progress(stage, fraction,
     message)`` is called along the way and may raise :class:`dmmreg.errors.Cancelled`."""
+    check_transform(settings.transform)
+    rigid = settings.transform == "rigid"
+    if rigid and initial_affine is not None:
+        initial_affine = _rigid_start(np.asarray(initial_affine, dtype=np.float64))
     start = time.perf_counter()
     report = progress or (lambda *_: None)
     device = torch.device(device)
@@ -211,29 +239,25 @@ def register_optimise(
             coarsest.fixed if coarsest.fixed_weight is None else coarsest.fixed * coarsest.fixed_weight, coarsest.fixed_geometry)
         initial_affine = np.eye(dim + 1)
         initial_affine[:dim, dim] = shift
-    initial = torch.as_tensor(initial_affine, dtype=torch.float32, device=device)
+    initial = torch.as_tensor(initial_affine, dtype=torch.float64, device=device)
 
-    # ---- affine stage ------------------------------------------------------------------------
+    # ---- affine (or rigid) stage -------------------------------------------------------------
     n_rot = 1 if dim == 2 else 3
-    params = {
-        "translation": torch.zeros(dim, device=device, requires_grad=True),
-        "angles": torch.zeros(n_rot, device=device, requires_grad=True),
-        "log_scale": torch.zeros(dim, device=device, requires_grad=True),
-        "shear": torch.zeros(n_rot, device=device, requires_grad=True),
-    }
+    sizes = {"translation": dim, "angles": n_rot} if rigid else {"translation": dim, "angles": n_rot, "log_scale": dim, "shear": n_rot}
+    params = {name: torch.zeros(n, device=device, requires_grad=True) for name, n in sizes.items()}
     centre = fixed.geometry.centre
 
-    def affine_now() -> torch.Tensor:
-        return initial @ spatial.affine_matrix(centre, params["translation"], params["angles"], params["log_scale"], params["shear"])
+    def affine_now(dtype=torch.float32) -> torch.Tensor:
+        p = {name: value.to(dtype) for name, value in params.items()}
+        return initial.to(dtype) @ spatial.affine_matrix(centre, p["translation"], p["angles"], p.get("log_scale"), p.get("shear"))
 
-    total_steps = sum(settings.affine_iterations) + (sum(settings.deformable_iterations) if settings.deformable else 0)
+    deformable = settings.transform == "deformable"
+    total_steps = sum(settings.affine_iterations) + (sum(settings.deformable_iterations) if deformable else 0)
     done = 0
     for spacing, iterations in zip(settings.affine_levels_mm, settings.affine_iterations):
         similarity = _Similarity(settings.similarity, levels[spacing], settings.samples, settings.bins, generator)
-        base = [0.25 * spacing, 0.004 * spacing, 0.002 * spacing, 0.002 * spacing]
-        optimiser = torch.optim.Adam(
-            [{"params": [params[k]], "lr": lr} for k, lr in zip(("translation", "angles", "log_scale", "shear"), base)]
-        )
+        base = [AFFINE_LEARNING_RATES[name] * spacing for name in params]
+        optimiser = torch.optim.Adam([{"params": [value], "lr": lr} for value, lr in zip(params.values(), base)])
         for step in range(iterations):
             _cosine_lr(optimiser, base, step, iterations)
             optimiser.zero_grad()
@@ -243,8 +267,8 @@ def register_optimise(
             optimiser.step()
             done += 1
             if step % 10 == 0 or step == iterations - 1:
-                report("affine", done / total_steps, f"affine {spacing:g} mm: step {step + 1}/{iterations}, similarity {-loss.item():.4f}")
-    affine = affine_now().detach()
+                report("affine", done / total_steps, f"{'rigid' if rigid else 'affine'} {spacing:g} mm: step {step + 1}/{iterations}, similarity {-loss.item():.4f}")
+    affine = affine_now(torch.float64).detach()  # float64: a rigid result's determinant is 1 to 1e-15
 
     result = RegistrationResult(
         fixed_geometry=fixed.geometry,
@@ -253,8 +277,8 @@ def register_optimise(
         method="optimise",
         settings=asdict(settings),
     )
-    if settings.deformable and sum(settings.deformable_iterations) > 0:
-        _deformable_stage(result, levels, settings, affine, generator, report, done, total_steps, device)
+    if deformable and sum(settings.deformable_iterations) > 0:
+        _deformable_stage(result, levels, settings, affine.float(), generator, report, done, total_steps, device)
     result.seconds = time.perf_counter() - start
     report("done", 1.0, f"registration finished in {result.seconds:.1f} s")
     return result
@@ -325,13 +349,18 @@ def _deformable_stage(result, levels, settings, affine, generator, report, done,
 
 
 def prealign(fixed: Image, moving: Image, fixed_mask: Image | None = None, moving_mask: Image | None = None,
-             device="cpu", affine: bool = True, progress: ProgressCallback | None = None) -> np.ndarray:
-    """A starting affine for a network (fixed point -> moving point, LPS): this method's affine
-    stage on the 8, 4 and 2 mm levels (``affine``), or only the centre-of-mass shift."""
-    levels = dict(affine_levels_mm=(8.0, 4.0, 2.0), affine_iterations=(60, 30, 20)) if affine else dict(
-        affine_levels_mm=(8.0,), affine_iterations=(0,))
-    settings = settings_for("balanced", deformable=False, deformable_levels_mm=(), deformable_iterations=(), **levels)
-    return register_optimise(fixed, moving, fixed_mask, moving_mask, device, settings, None,
+             device="cpu", transform: str = "affine", initial_affine: np.ndarray | None = None,
+             progress: ProgressCallback | None = None) -> np.ndarray:
+    """A starting affine for a network (fixed point -> moving point, LPS): this method's
+    ``transform`` stage ("rigid" or "affine") on the 8, 4 and 2 mm levels from ``initial_affine``
+    (default: the centre-of-mass shift), or, for ``"translation"``, only the centre-of-mass shift."""
+    if transform not in ("translation", "rigid", "affine"):
+        raise InputError(f"a pre-alignment is a translation, rigid or affine, not {transform!r}")
+    levels = dict(affine_levels_mm=(8.0,), affine_iterations=(0,)) if transform == "translation" else dict(
+        affine_levels_mm=(8.0, 4.0, 2.0), affine_iterations=(60, 30, 20))
+    settings = settings_for("balanced", transform="rigid" if transform == "rigid" else "affine",
+                            deformable_levels_mm=(), deformable_iterations=(), **levels)
+    return register_optimise(fixed, moving, fixed_mask, moving_mask, device, settings, initial_affine,
                              _as_stage(progress, "prealign", 0.0, 0.3)).affine
 
 
@@ -359,7 +388,8 @@ def _as_stage(progress: ProgressCallback | None, stage: str, start: float, span:
 
 
 def register(fixed, moving, fixed_mask=None, moving_mask=None, device="cpu", quality="balanced",
-             initial_affine=None, progress=None, **overrides) -> RegistrationResult:
-    """Entry point of the method registry: :func:`register_optimise` with a quality preset."""
-    return register_optimise(fixed, moving, fixed_mask, moving_mask, device, settings_for(quality, **overrides),
-                             initial_affine, progress)
+             initial_affine=None, progress=None, transform="deformable", **overrides) -> RegistrationResult:
+    """Entry point of the method registry: :func:`register_optimise` with a quality preset and
+    ``transform`` (rigid, affine or deformable)."""
+    return register_optimise(fixed, moving, fixed_mask, moving_mask, device,
+                             settings_for(quality, transform=transform, **overrides), initial_affine, progress)

@@ -22,7 +22,7 @@ from .background import DEVICES
 from ..errors import InputError
 from ..geometry import check_overlap
 from ..image import Image, check_image
-from ..methods import DEFAULT_REFINE_ITERATIONS, LEARNED_METHODS, check_model_options
+from ..methods import DEFAULT_REFINE_ITERATIONS, LEARNED_METHODS, check_model_options, check_transform
 
 QUALITIES = ("fast", "balanced", "accurate")
 
@@ -40,6 +40,7 @@ class RegistrationParameters:
     model: str = ""
     device: str = "auto"
     quality: str = "balanced"
+    transform: str = "deformable"  # rigid | affine | deformable (dmmreg.methods.TRANSFORMS)
     refine: int = DEFAULT_REFINE_ITERATIONS
     output_transform: bool = True
     composed_transform: bool = False
@@ -54,7 +55,12 @@ class RegistrationParameters:
     def settings(self) -> dict:
         """The non-node settings, as stored in the result nodes' attributes."""
         return {"method": self.method, "model": self.model, "device": self.device, "quality": self.quality,
-                "refine": self.refine}
+                "transform": self.transform, "refine": self.refine}
+
+    @property
+    def refines(self) -> bool:
+        """Whether the refinement setting applies: a learned method's deformable registration."""
+        return self.method in LEARNED_METHODS and self.transform == "deformable"
 
 
 @dataclass
@@ -125,11 +131,12 @@ def initial_affine_of(transform_node) -> np.ndarray | None:
 
 
 def check_settings(parameters: RegistrationParameters) -> None:
-    """``InputError`` for an unknown quality or device, or a model / refinement for a method
-    that has no network."""
-    # the refinement setting is the learned methods' (the panel keeps it for them)
-    check_model_options(parameters.method, parameters.model,
-                        parameters.refine if parameters.method in LEARNED_METHODS else None)
+    """``InputError`` for an unknown quality, transform or device, or a model / refinement for a
+    method that has no network."""
+    check_transform(parameters.transform)
+    # the refinement setting is the learned methods' deformable one (the panel keeps it for them)
+    check_model_options(parameters.method, parameters.model, parameters.refine if parameters.refines else None,
+                        parameters.transform)
     if parameters.quality not in QUALITIES:
         raise InputError(f"quality must be one of {', '.join(QUALITIES)}, not '{parameters.quality}'")
     if parameters.device not in DEVICES:

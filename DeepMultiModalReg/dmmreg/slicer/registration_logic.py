@@ -30,7 +30,6 @@ from .registration_inputs import (PairInputs, RegistrationParameters, check_pair
 from ..errors import InputError
 from ..image import Image
 from ..image_io import read_image, write_image
-from ..methods import LEARNED_METHODS
 
 
 class RegistrationFailed(RuntimeError):
@@ -64,10 +63,10 @@ class RegistrationJob:
         write_image(inputs.moving, path["moving.nii.gz"])
         args = ["register", "--fixed", path["fixed.nii.gz"], "--moving", path["moving.nii.gz"],
                 "--output-transform", path["transform.h5"], "--method", p.method,
-                "--device", p.device, "--quality", p.quality, "--progress", "json"]
+                "--device", p.device, "--quality", p.quality, "--transform", p.transform, "--progress", "json"]
         if p.model:
             args += ["--model", p.model]
-        if p.method in LEARNED_METHODS:
+        if p.refines:
             args += ["--refine", str(p.refine)]
         if p.output_warped_volume:
             args += ["--output-volume", path["warped.nii.gz"]]
@@ -283,7 +282,8 @@ class SequenceRegistrationRun(BackgroundJobRun):
     def _frame_parameters(self) -> RegistrationParameters:
         p = self.parameters
         return RegistrationParameters(method=p.method, model=p.model, device=p.device, quality=p.quality,
-                                      refine=p.refine, output_transform=True, output_warped_volume=True)
+                                      transform=p.transform, refine=p.refine, output_transform=True,
+                                      output_warped_volume=True)
 
     @property
     def finished(self) -> bool:

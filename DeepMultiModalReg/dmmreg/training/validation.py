@@ -103,7 +103,7 @@ def registration_cases(subjects: list[Subject], contrast_pairs, count: int, mode
         scored = deform(source.with_array(brain.astype(np.uint8)), truth, label=True).array > 0
         grid = np.zeros_like(scored)
         grid[(slice(None, None, SCORED_VOXEL_STRIDE),) * grid.ndim] = True
-        affine = prealign(fixed, moving, affine=not model.predicts_affine)
+        affine = prealign(fixed, moving, transform="translation" if model.predicts_affine else "affine")
         cases.append(RegistrationCase(name, fixed, moving, truth, scored & grid, affine))
     return cases
 
