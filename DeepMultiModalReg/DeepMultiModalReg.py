@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional, Union
 
+import ctk
 import qt
 import slicer
 import vtk
@@ -29,9 +30,13 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from dmmreg.errors import InputError
+from dmmreg.slicer import about
+from dmmreg.slicer.dependencies import ensure_dependencies
+from dmmreg.slicer.about import sample_data_folder
 from dmmreg.methods import DEFAULT_REFINE_ITERATIONS, TRANSFORMS
 from dmmreg.slicer.background import run_to_end
-from dmmreg.slicer.registration_inputs import QUALITIES, RegistrationParameters
+from dmmreg.slicer import settings
+from dmmreg.slicer.registration_inputs import QUALITIES, SIMILARITIES, RegistrationParameters
 from dmmreg.slicer.registration_logic import RegistrationFailed, RegistrationLogic
 from dmmreg.slicer.widgets import (RunControls, DeviceChoice, MethodModelChoice, ParameterNodeBinding,
     select_by_data)
@@ -40,33 +45,21 @@ MaskNode = Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
 SAMPLE_CONTRASTS = ("T1", "T2", "FLAIR")
 
 
-def sample_data_folder() -> Path | None:
-    """Bundled stroke T1/T2/FLAIR: in the installed module's resources, or in the source tree."""
-    module_folder = Path(__file__).resolve().parent
-    for folder in (module_folder / "Resources" / "SampleData" / "stroke",
-                   module_folder.parent / "Resources" / "SampleData" / "stroke"):
-        if (folder / "T1.nii.gz").exists():
-            return folder
-    return None
-
-
 class DeepMultiModalReg(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "Deep Multi-Modal Registration"
         self.parent.categories = ["Registration"]
         self.parent.dependencies = []
-        self.parent.contributors = ["DeepMultiModalReg developers"]
-        self.parent.helpText = (
+        self.parent.contributors = list(about.CONTRIBUTORS)
+        self.parent.helpText = about.help_text(
             "Registers a moving MRI volume (any contrast) to a fixed one: rigid, affine, or affine then "
             "deformable (the Transform choice; learned methods stop at their rigid or affine pre-alignment). "
             "The result is a transform (place the moving volume under it to see it on the fixed one), "
             "the warped volume and optionally the inverse transform. Sequences (4D) are registered "
             "frame by frame. The work runs in a background process; Apply becomes Cancel meanwhile."
         )
-        self.parent.acknowledgementText = (
-            "Sample data: stroke T1/T2/FLAIR from neurolabusc/VolumeRenderingData (MIT licence)."
-        )
+        self.parent.acknowledgementText = about.acknowledgement_text()
         slicer.app.connect("startupCompleted()", register_sample_data)
 
 
@@ -112,6 +105,8 @@ class DeepMultiModalRegParameterNode:
     composed_transform: bool
     output_warped_volume: Annotated[bool, Default(True)]
     output_inverse_transform: bool
+    similarity: Annotated[str, Choice(list(SIMILARITIES)), Default("nmi")]
+    keep_temporary_files: bool
     sequence: Optional[vtkMRMLSequenceNode]
     reference_frame: int
     reference_is_fixed: bool
@@ -124,6 +119,7 @@ class DeepMultiModalRegWidget(RunControls, DeviceChoice, MethodModelChoice, Para
     RUN_ERRORS = (RegistrationFailed, InputError)
     RUN_NAME = RUN_TITLE = "Registration"
     RUN_FAILED_STATUS = "Failed; see the log."
+    ONLY_RUNNABLE = True  # learned methods without a model are listed disabled, saying why
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -137,6 +133,7 @@ class DeepMultiModalRegWidget(RunControls, DeviceChoice, MethodModelChoice, Para
         self.logic = DeepMultiModalRegLogic()
 
         self._setupMethods()
+        self._setupModelsFolder()
         self._setupDevices()
         self._setupRunControls(self.ui.applyButton, self.ui.progressBar, self.ui.stageLabel)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -161,6 +158,19 @@ class DeepMultiModalRegWidget(RunControls, DeviceChoice, MethodModelChoice, Para
             self.ui.applyButton.toolTip = "Run the registration" if ready else "Select a fixed and a moving volume (or a sequence)"
 
     # ---- choosers filled from the backend (see MethodModelChoice)
+
+    def _setupModelsFolder(self):
+        """The user models folder (Slicer's settings; DMMREG_MODELS wins): changing it lists its models."""
+        from dmmreg import model_io
+
+        self.ui.modelsFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.modelsFolderPathLineEdit.currentPath = str(model_io.user_models_folder())
+        self.ui.modelsFolderPathLineEdit.enabled = settings.user_models_folder_source() != "environment"
+        self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelsFolderChanged)
+
+    def onModelsFolderChanged(self, path):
+        settings.save_user_models_folder(path)
+        self._fillMethods()
 
     def _modelsFilled(self, method, models):
         """The model chooser is hidden for methods without trained models."""
@@ -226,6 +236,8 @@ class DeepMultiModalRegTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        # the same installer as Apply, agreed in advance: the tests need the backend's packages
+        self.assertTrue(ensure_dependencies(ask=False), "the backend's Python packages are not installed")
         self.setUp()
         self.test_register_flair_to_t1()
         self.setUp()

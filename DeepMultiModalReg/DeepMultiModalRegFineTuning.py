@@ -27,6 +27,8 @@ from slicer.util import VTKObservationMixin
 from dmmreg import model_io
 from dmmreg.slicer import scene_cohort
 from dmmreg.errors import InputError
+from dmmreg.slicer import about
+from dmmreg.slicer.dependencies import ensure_dependencies
 from dmmreg.slicer.finetuning_logic import FineTuningFailed, FineTuningLogic, check_parameters
 from dmmreg.slicer.widgets import RunControls, DeviceChoice, ParameterNodeBinding, select_by_data
 
@@ -39,14 +41,14 @@ class DeepMultiModalRegFineTuning(ScriptedLoadableModule):
         self.parent.title = "Model Fine-tuning"
         self.parent.categories = ["Registration"]
         self.parent.dependencies = []
-        self.parent.contributors = ["DeepMultiModalReg developers"]
-        self.parent.helpText = (
+        self.parent.contributors = list(about.CONTRIBUTORS)
+        self.parent.helpText = about.help_text(
             "Fine-tunes a learned registration model on your images: a cohort folder or CSV file, or the "
             "volumes of this scene named SUBJECT_CONTRAST (e.g. sub-01_T1, sub-01_FLAIR, and a label map "
             "sub-01_labels). The loss and the validation error are plotted while it runs in a background "
             "process; the new model is saved in your models folder and selectable in the Registration module."
         )
-        self.parent.acknowledgementText = "Part of the DeepMultiModalReg extension."
+        self.parent.acknowledgementText = about.acknowledgement_text()
         if ICON.exists():  # the extension's icon, shared with the Registration module
             self.parent.icon = qt.QIcon(str(ICON))
 
@@ -213,6 +215,8 @@ class DeepMultiModalRegFineTuningTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        # the same installer as Apply, agreed in advance: the tests need the backend's packages
+        self.assertTrue(ensure_dependencies(ask=False), "the backend's Python packages are not installed")
         self.setUp()
         self.test_scene_volumes_grouped_by_subject()
         self.setUp()

@@ -36,6 +36,8 @@ from slicer.util import VTKObservationMixin
 
 from dmmreg.slicer import quality
 from dmmreg.errors import InputError
+from dmmreg.slicer import about
+from dmmreg.slicer.dependencies import ensure_dependencies
 from dmmreg.slicer.widgets import ParameterNodeBinding, ensure_torch
 from dmmreg.slicer.mrml import ATTRIBUTE_PREFIX
 
@@ -49,14 +51,14 @@ class DeepMultiModalRegQuality(ScriptedLoadableModule):
         self.parent.title = "Registration Quality"
         self.parent.categories = ["Registration"]
         self.parent.dependencies = []
-        self.parent.contributors = ["DeepMultiModalReg developers"]
-        self.parent.helpText = (
+        self.parent.contributors = list(about.CONTRIBUTORS)
+        self.parent.helpText = about.help_text(
             "How good is a registration? For any transform node (linear, grid, B-spline or composite, "
             "from this extension or another tool): the Jacobian determinant (folding, smoothness), "
             "Dice and HD95 of label maps or segmentations, inverse consistency, landmark error, and "
             "a display of the deformation. Results are new nodes; a report (JSON, CSV, PNG) can be saved."
         )
-        self.parent.acknowledgementText = "Part of the DeepMultiModalReg extension."
+        self.parent.acknowledgementText = about.acknowledgement_text()
         if ICON.exists():  # the extension's icon, shared with the Registration module
             self.parent.icon = qt.QIcon(str(ICON))
 
@@ -352,6 +354,8 @@ class DeepMultiModalRegQualityTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        # the same installer as Apply, agreed in advance: the tests need the backend's packages
+        self.assertTrue(ensure_dependencies(ask=False), "the backend's Python packages are not installed")
         self.setUp()
         self.test_jacobian_of_an_affine_is_its_determinant()
         self.setUp()

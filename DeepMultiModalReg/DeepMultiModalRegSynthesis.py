@@ -26,6 +26,8 @@ from slicer.util import VTKObservationMixin
 
 from dmmreg.slicer import synthesis_logic
 from dmmreg.errors import InputError
+from dmmreg.slicer import about
+from dmmreg.slicer.dependencies import ensure_dependencies
 from dmmreg.slicer.registration_logic import RegistrationFailed
 from dmmreg.slicer.widgets import (RunControls, DeviceChoice, MethodModelChoice, ParameterNodeBinding,
     select_by_data)
@@ -43,15 +45,15 @@ class DeepMultiModalRegSynthesis(ScriptedLoadableModule):
         self.parent.title = "Synthesis Preview"
         self.parent.categories = ["Registration"]
         self.parent.dependencies = []
-        self.parent.contributors = ["DeepMultiModalReg developers"]
-        self.parent.helpText = (
+        self.parent.contributors = list(about.CONTRIBUTORS)
+        self.parent.helpText = about.help_text(
             "What a learned registration network makes of the images: fire, disentangled and hierarchical "
             "models render the moving volume in the fixed volume's contrast (fire and disentangled also the "
             "fixed volume in the moving contrast). The synthesised volumes are new nodes; NMI and SSIM against "
             "the real image of the same contrast are shown in a table. Compare side by side, by a fade or as a "
             "checkerboard. The work runs in a background process; Apply becomes Cancel meanwhile."
         )
-        self.parent.acknowledgementText = "Part of the DeepMultiModalReg extension."
+        self.parent.acknowledgementText = about.acknowledgement_text()
         if ICON.exists():  # the extension's icon, shared with the Registration module
             self.parent.icon = qt.QIcon(str(ICON))
 
@@ -225,6 +227,8 @@ class DeepMultiModalRegSynthesisTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        # the same installer as Apply, agreed in advance: the tests need the backend's packages
+        self.assertTrue(ensure_dependencies(ask=False), "the backend's Python packages are not installed")
         self.setUp()
         self.test_checkerboard_fade_and_side_by_side()
         self.setUp()

@@ -1,7 +1,7 @@
 """Run one ANTs registration (antspyx) and write its result as dmmreg reads it.
 
 Runs in the benchmark virtualenv ``.venv-bench`` (antspyx pins its own numpy), called by
-``benchmark_registration.py``::
+``benchmark_registration.py`` and ``benchmark_clinical_raw.py``::
 
     .venv-bench/bin/python benchmarks/ants_worker.py --fixed F.nii.gz --moving M.nii.gz \
         --type SyN --out-dir DIR [--threads 2]
@@ -29,6 +29,7 @@ from pathlib import Path
 # antsRegistrationSyN[*] in antspyx ignores aff_metric / syn_metric: it uses mutual information
 # for its rigid and affine stages and cross-correlation (radius 2) for SyN, as antsRegistrationSyN.sh
 METRICS = {
+    "Rigid": "mattes (mutual information)",
     "Affine": "mattes (mutual information)",
     "SyN": "mattes (mutual information), affine and SyN stages",
     "antsRegistrationSyN[s]": "MI (rigid, affine stages), CC radius 2 (SyN stage): fixed by antspyx",

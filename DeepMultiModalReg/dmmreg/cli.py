@@ -1,4 +1,4 @@
-"""Command line: ``dmmreg register | known-warp | train | finetune | methods | models`` (also
+"""Command line: ``dmmreg register | register-sequence | known-warp | train | finetune | methods | models`` (also
 ``python -m dmmreg``).
 
 Exit codes: 0 success, 2 bad input (the message names the problem and the fix), 1 any other
@@ -130,6 +130,8 @@ def _add_training_data(p) -> None:
                    help="clip the gradients to this norm before every update (default: no clipping)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-folder", help="checkpoints and job.json (default: the user models folder's runs/NAME)")
+    p.add_argument("--resume", metavar="RUN_FOLDER", help="continue the run saved in RUN_FOLDER (after Ctrl-C, a "
+                   "crash or a kill); every other setting comes from its job.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing user model of this name")
     _add_runtime_options(p, "cuda: the GPU, in mixed precision (bfloat16)",
                          "stage, fraction, message and a record: the loss terms or the validation numbers")
@@ -146,7 +148,6 @@ def _add_train(sub) -> None:
     p.add_argument("--spacing", type=float, help="model grid spacing (mm); default: the method's")
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                    help="method setting (see the method's config), e.g. encoder_channels=8,16,16,16,16")
-    p.add_argument("--resume", metavar="RUN_FOLDER", help="continue the run saved in RUN_FOLDER")
     _add_training_data(p)
 
 
@@ -154,7 +155,7 @@ def _add_finetune(sub) -> None:
     p = sub.add_parser("finetune", help="fine-tune a trained model on your cohort",
                        description="Continue training MODEL (bundled or user) on the cohort's pairs and write a new "
                        "model; the base model is never changed. Its card records the validation before and after.")
-    p.add_argument("--model", required=True, help="base model: a name from `dmmreg models` or a .safetensors file")
+    p.add_argument("--model", help="base model: a name from `dmmreg models` or a .safetensors file")
     _add_training_data(p)
 
 
@@ -166,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_known_warp(sub)
     _add_train(sub)
     _add_finetune(sub)
+    from .sequence_cli import add_parser as add_sequence_parser
+
+    add_sequence_parser(sub, _add_runtime_options)
     sub.add_parser("methods", help="list the registration methods")
     models = sub.add_parser("models", help="list the bundled and user models with their cards")
     models.add_argument("--json", action="store_true", help="print the cards as JSON")
@@ -315,6 +319,8 @@ def training_job(args):
         raise InputError("give the new model a name with --name")
     config, base = {}, None
     if args.command == "finetune":
+        if not args.model:
+            raise InputError("choose the model to fine-tune with --model (see `dmmreg models`)")
         base = args.model
         method = read_card(find_model("", 0, args.model))["method"]
     else:
@@ -384,6 +390,7 @@ def model_line(card: dict) -> str:
 #: What a failed or cancelled command leaves behind, for its error line.
 _LEFT = {"register": "no output was written (existing files are unchanged)",
          "known-warp": "no output was written (existing files are unchanged)",
+         "register-sequence": "no output was written (existing files are unchanged)",
          "train": "no model was written", "finetune": "no model was written"}
 
 
@@ -441,10 +448,13 @@ def _run(args, debug: bool) -> int:
 
     progress = _Progress(getattr(args, "progress", "text"))
     start = time.perf_counter()
-    commands = {"register": run_register, "known-warp": run_known_warp, "train": run_training, "finetune": run_training}
+    from .sequence_cli import run as run_register_sequence
+
+    commands = {"register": run_register, "known-warp": run_known_warp, "train": run_training, "finetune": run_training,
+                "register-sequence": run_register_sequence}
     left = _LEFT[args.command]
     # training stops on signals by itself, after the current update; the other commands stop at once
-    stop_on_sigterm = (args.command in ("register", "known-warp") and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    stop_on_sigterm = (args.command in ("register", "known-warp", "register-sequence") and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
                        and threading.current_thread() is threading.main_thread())
     if stop_on_sigterm:
         signal.signal(signal.SIGTERM, _interrupt)

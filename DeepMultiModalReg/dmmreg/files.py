@@ -1,7 +1,8 @@
 """Writing files so that a failure never leaves a half-written one where an earlier result was.
 
 * :func:`atomic_write`: one file, through a temporary file beside it.
-* :class:`OutputTransaction`: several outputs as one (all of them are replaced, or none).
+* :class:`OutputTransaction`: several outputs as one (all of them are replaced, or none; runs
+  writing the same outputs at once commit one after the other, :func:`commit_lock`).
 * :func:`check_output_paths`: before any work, every output must be writable and name no input.
 """
 
@@ -11,6 +12,7 @@ import contextlib
 import os
 import signal
 import threading
+import uuid
 
 from .errors import InputError
 
@@ -46,6 +48,42 @@ def interrupts_held():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def commit_lock(targets: list[str]):
+    """Hold an exclusive lock for each of ``targets`` (in sorted order, so two runs never wait on
+    each other in a circle), so that runs writing the same outputs at the same time commit one
+    after the other and every set of outputs comes whole from one run.  The lock files live in
+    the temporary folder, named by a hash of the target's real path (nothing is left beside the
+    outputs).  Without ``fcntl`` (Windows) the commits are not serialised."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    import hashlib
+    import tempfile
+
+    folder = os.path.join(tempfile.gettempdir(), "dmmreg-output-locks")
+    os.makedirs(folder, exist_ok=True)
+    handles = []
+    try:
+        for target in sorted({os.path.realpath(t) for t in targets}):
+            name = hashlib.sha1(target.encode("utf-8", "surrogateescape")).hexdigest()
+            handle = open(os.path.join(folder, f"{name}.lock"), "a")
+            handles.append(handle)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        for handle in reversed(handles):
+            handle.close()  # releases its lock
+
+
+def _beside(target: str, kind: str) -> str:
+    """A hidden file name beside ``target``, unique to this process and call, ending with the
+    target's own name (so a writer picks the format from the extension)."""
+    return os.path.join(os.path.dirname(target), f".{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}-{os.path.basename(target)}")
 
 
 def _remove(path: str) -> None:
@@ -88,19 +126,19 @@ class OutputTransaction:
         for folder in reversed(missing):
             os.mkdir(folder)
             self._created_folders.append(folder)
-        tmp = os.path.join(os.path.dirname(target), f".partial-{os.getpid()}-{os.path.basename(target)}")
+        tmp = _beside(target, "partial")
         self.staged.append((name, tmp, target))
         write(tmp)
 
     def commit(self) -> dict[str, str]:
         """Move every staged file onto its target, all or none; returns ``{name: target}``."""
         replaced: list[tuple[str, str | None]] = []  # (target, hard link to its earlier file)
-        with interrupts_held() as interrupts:
+        with commit_lock([target for _, _, target in self.staged]), interrupts_held() as interrupts:
             try:
                 for _, tmp, target in self.staged:
                     earlier = None
                     if os.path.lexists(target):
-                        earlier = os.path.join(os.path.dirname(target), f".previous-{os.getpid()}-{os.path.basename(target)}")
+                        earlier = _beside(target, "previous")
                         _remove(earlier)
                         os.link(target, earlier, follow_symlinks=False)
                     os.replace(tmp, target)

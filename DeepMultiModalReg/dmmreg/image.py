@@ -1,7 +1,7 @@
 """An image is an array with its :class:`~dmmreg.geometry.Geometry`; checks and intensity windows.
 
 ``Image.array`` is in (z, y, x) order (see :mod:`dmmreg.geometry` for the conventions).  Files
-are read and written by :mod:`dmmreg.image_io`.  Needs numpy only.
+are read and written by :mod:`dmmreg.image_io`.  Needs numpy (and scipy for :func:`head_mask`).
 """
 
 from __future__ import annotations
@@ -105,6 +105,36 @@ def intensity_window(array: np.ndarray, mask: np.ndarray | None = None, lower_pe
         values = a.ravel()
     lo, hi = np.percentile(values, [lower_percentile, upper_percentile])
     return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """The threshold that splits ``values`` into two classes of largest between-class variance."""
+    counts, edges = np.histogram(np.asarray(values, dtype=np.float64), bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    below = np.cumsum(counts)
+    above = below[-1] - below
+    mass = np.cumsum(counts * centres)
+    gap = mass / np.maximum(below, 1) - (mass[-1] - mass) / np.maximum(above, 1)
+    return float(centres[np.argmax(below * above * gap**2)])
+
+
+def head_mask(array: np.ndarray) -> np.ndarray:
+    """Boolean mask of the object (head, or brain when skull-stripped) of a 2D or 3D ``array``:
+    voxels above the Otsu threshold, their largest connected component, holes filled in the
+    whole volume and in every slice of the first (slowest) axis, as thick-slice series leave
+    ventricles and sinuses open across slices.  Noise, neck-coil shading and the air around the
+    head stay out.  Needs scipy."""
+    from scipy import ndimage
+
+    a = np.asarray(array, dtype=np.float32)
+    labels, count = ndimage.label(a > otsu_threshold(a))
+    if count == 0:
+        return np.ones(a.shape, dtype=bool)
+    mask = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:])))
+    if a.ndim == 3:
+        for index in range(mask.shape[0]):
+            mask[index] = ndimage.binary_fill_holes(mask[index])
+    return mask
 
 
 def apply_intensity_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:

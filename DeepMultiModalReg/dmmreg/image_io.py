@@ -225,7 +225,7 @@ def _squeeze_single_slice(img):
         return sitk.Extract(img, (img.GetSize()[0], img.GetSize()[1], 0), (0, 0, 0))
     if img.GetDimension() == 4:
         raise InputError(
-            "4D image given; register its frames one by one (a sequence) instead"
+            "4D image given (a series over time); register its frames with `dmmreg register-sequence --frames FILE`"
         )
     return img
 

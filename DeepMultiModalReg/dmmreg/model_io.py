@@ -22,16 +22,58 @@ from .errors import InputError
 from .files import atomic_write
 
 CARD_FORMAT = "dmmreg-model/1"
-BUNDLED_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def bundled_models_folder(package_folder: Path | None = None) -> Path:
+    """The bundled models beside the ``dmmreg`` package in ``package_folder`` (default: this one):
+    ``Resources/Models`` of the module folder holding the package, where the Slicer extension
+    installs ``models/`` (and copies it in its build tree), else the source tree's ``models/``
+    at the repository root."""
+    package = Path(package_folder or Path(__file__).resolve().parent)
+    installed = package.parent / "Resources" / "Models"
+    return installed if installed.is_dir() else package.parents[1] / "models"
+
+
+BUNDLED_MODELS = bundled_models_folder()
+
+#: The user models folder chosen in Slicer's settings (see :func:`configure_user_models_folder`).
+_configured_user_folder: Path | None = None
+
+
+def configure_user_models_folder(folder: str | os.PathLike | None) -> None:
+    """Use ``folder`` as the user models folder (``None`` or empty: the default); the
+    ``DMMREG_MODELS`` environment variable still wins.  The Slicer modules call this with the
+    folder saved in their settings (:mod:`dmmreg.slicer.settings`)."""
+    global _configured_user_folder
+    _configured_user_folder = Path(folder).expanduser() if folder else None
+
+
+def default_user_models_folder(platform: str | None = None, environ=None) -> Path:
+    """The per-OS default: ``%LOCALAPPDATA%\\DeepMultiModalReg\\models`` on Windows,
+    ``~/Library/Application Support/DeepMultiModalReg/models`` on macOS, else
+    ``$XDG_DATA_HOME/DeepMultiModalReg/models`` (default ``~/.local/share/...``)."""
+    import sys
+
+    platform = platform or sys.platform
+    environ = os.environ if environ is None else environ
+    if platform.startswith("win"):
+        base = Path(environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "DeepMultiModalReg" / "models"
 
 
 def user_models_folder() -> Path:
-    """Where trained and fine-tuned models go: ``$DMMREG_MODELS``, else
-    ``$XDG_DATA_HOME/DeepMultiModalReg/models`` (default ``~/.local/share/...``)."""
+    """Where trained and fine-tuned models go: ``$DMMREG_MODELS``, else the folder chosen in
+    Slicer's settings (:func:`configure_user_models_folder`), else
+    :func:`default_user_models_folder`."""
     if os.environ.get("DMMREG_MODELS"):
         return Path(os.environ["DMMREG_MODELS"]).expanduser()
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "DeepMultiModalReg" / "models"
+    if _configured_user_folder is not None:
+        return _configured_user_folder
+    return default_user_models_folder()
 
 
 def model_folders() -> list[tuple[str, Path]]:

@@ -43,10 +43,20 @@ def busy_cores(interval_s: float = 0.1) -> int:
     return max(estimates) if estimates else 1
 
 
+#: Environment variable capping :func:`default_threads` (the Slicer modules set it for their
+#: background runs to leave a core to the GUI: :func:`dmmreg.slicer.background.backend_environment`).
+MAX_THREADS_VARIABLE = "DMMREG_MAX_THREADS"
+
+
 def default_threads() -> int:
     """The usable cores less the busy ones (:func:`busy_cores`, measured before this computation
-    starts), at least 1."""
-    return max(1, usable_cores() - busy_cores())
+    starts), at least 1, and at most ``$DMMREG_MAX_THREADS`` where that is set."""
+    count = max(1, usable_cores() - busy_cores())
+    try:
+        cap = int(os.environ.get(MAX_THREADS_VARIABLE, "0"))
+    except ValueError:
+        cap = 0
+    return max(1, min(count, cap)) if cap > 0 else count
 
 
 def use_threads(threads: int = 0) -> int:

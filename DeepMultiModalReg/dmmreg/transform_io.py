@@ -180,7 +180,9 @@ def _inverse_field(path: str, field_geometry: Geometry | None) -> np.ndarray | N
 def _flatten(transform) -> list:
     import SimpleITK as sitk
 
-    if transform.GetName() == "CompositeTransform":
+    # a linear composite is one affine; SimpleITK also wraps the types it cannot downcast (e.g.
+    # MatrixOffsetTransformBase from ITK .txt files) in a composite whose only part is itself
+    if transform.GetName() == "CompositeTransform" and not transform.IsLinear():
         composite = sitk.CompositeTransform(transform)
         out = []
         for i in range(composite.GetNumberOfTransforms()):

@@ -90,7 +90,7 @@ def test_backend_and_training_import_without_slicer_vtk_or_qt():
 def test_the_wheel_ships_the_backend_and_training_not_the_slicer_side():
     from setuptools import find_packages
 
-    finder = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    finder = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"]["find"]
     packages = find_packages(where=str(ROOT / finder["where"][0]), include=finder["include"],
                              exclude=finder.get("exclude", ()))
     assert {"dmmreg", "dmmreg.methods", "dmmreg.networks", "dmmreg.training"} <= set(packages)

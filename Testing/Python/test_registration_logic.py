@@ -357,6 +357,44 @@ def test_rigid_transform_from_the_logic(scene, oblique_case):
     assert RegistrationParameters(method="midir", transform="rigid").refines is False
 
 
+def test_run_logs_keeps_its_folder_and_refers_to_its_volumes(scene, oblique_case, caplog):
+    """Slicer's Error Log gets the run through logging (start with the command, the end, a
+    failure); "keep temporary files" keeps the run's folder with its log; the result transforms
+    refer to the fixed and moving volumes; the panel's similarity reaches the backend."""
+    import logging
+
+    from dmmreg.slicer.registration_logic import FIXED_ROLE, MOVING_ROLE, RUN_LOG
+
+    fixed_image, moving_image, _ = oblique_case
+    fixed = mrml.add_volume_node(scene, fixed_image, "T1 warped")
+    moving = mrml.add_volume_node(scene, moving_image, "FLAIR")
+    parameters = RegistrationParameters(fixed_volume=fixed, moving_volume=moving, quality="fast", transform="rigid",
+                                        similarity="lncc", keep_temporary_files=True, output_inverse_transform=True)
+    with caplog.at_level(logging.DEBUG, logger="DeepMultiModalReg"):
+        run = RegistrationLogic(scene).start(parameters)
+        folder = run.job.folder
+        outputs = run_to_end(run)
+    try:
+        messages = [record.getMessage() for record in caplog.records if record.name == "DeepMultiModalReg"]
+        assert any("registration started" in m and "--similarity lncc" in m for m in messages), messages
+        assert any("registration finished" in m for m in messages)
+        assert any(folder in m and RUN_LOG in m for m in messages)
+        log = Path(folder, RUN_LOG).read_text()
+        assert log.startswith("# exit status 0")
+        for node in outputs.transform.nodes + outputs.inverse_transform.nodes:
+            assert node.GetNodeReference(FIXED_ROLE) is fixed and node.GetNodeReference(MOVING_ROLE) is moving
+    finally:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="DeepMultiModalReg"):
+        with pytest.raises(RegistrationFailed):
+            run_to_end(RegistrationLogic(scene).start(RegistrationParameters(
+                fixed_volume=fixed, moving_volume=moving, method="no-such-method")))
+    assert any(r.levelno == logging.ERROR and "no-such-method" in r.getMessage() for r in caplog.records)
+
+
 @needs_cli
 def test_cancel_mid_run_leaves_the_scene_unchanged(scene, stroke):
     fixed = mrml.add_volume_node(scene, stroke["T1"], "T1")

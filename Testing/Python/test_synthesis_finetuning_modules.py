@@ -95,7 +95,7 @@ def test_synthesis_widget_runs_in_the_background_and_displays_live():
     # the model combo is filled as the Registration module fills it; only synthesising methods
     assert "methods.available_models(method)" in method_body(shared, "_fillModels")
     assert "    METHODS = SYNTHESISING_METHODS\n" in text
-    assert "name in self.METHODS" in method_body(shared, "_fillMethods")
+    assert "row[0] in self.METHODS" in method_body(shared, "_fillMethods")
     assert "class DeepMultiModalRegSynthesisTest(ScriptedLoadableModuleTest)" in text
 
 

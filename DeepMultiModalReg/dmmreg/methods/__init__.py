@@ -107,3 +107,21 @@ def available_models(method: str) -> list[tuple[str, str]]:
 
     return [(card["path"], f"{card['name']}: {card['dimension']}D {method} model, "
              f"{card.get('training', {}).get('data', 'training data not recorded')}") for card in list_models(method)]
+
+
+def method_availability() -> list[tuple[str, str, str | None]]:
+    """``(name, summary, why_not)`` of every method: ``why_not`` is ``None`` when the method can
+    run now (``optimise``, or a learned method with a bundled or user model), else what it lacks
+    and how to get it."""
+    from ..model_io import BUNDLED_MODELS, list_models, user_models_folder
+
+    rows = []
+    for name, summary in available_methods():
+        why_not = None
+        if name in LEARNED_METHODS and not list_models(name):
+            why_not = (f"No trained {name} model: none is bundled ({BUNDLED_MODELS}) and none is in your models "
+                       f"folder ({user_models_folder()}). Train one with `dmmreg train --method {name}`, fine-tune "
+                       "one in the Model Fine-tuning module, or copy NAME.safetensors with its NAME.json card into "
+                       "your models folder.")
+        rows.append((name, summary, why_not))
+    return rows

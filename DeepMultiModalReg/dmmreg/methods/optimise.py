@@ -20,7 +20,10 @@
 The similarity is NMI with Gaussian Parzen windows (32 bins, 30 000 voxels drawn anew at
 each step; eqs. 1-3) by default; LNCC and MIND-SSC can be chosen (they use the whole level image instead of samples).
 Fixed and moving masks restrict the similarity to the fixed mask and to points that map into
-the moving mask.  Result: the resampling transform ``T(p) = A(p + u(p))`` and the inverse field.
+the moving mask.  Without a fixed mask the samples come from the dilated foreground, background
+and scalp included: an automatic head mask (``dmmreg.image.head_mask``) in its place helped some
+raw clinical pairs and not others, and sent a skull-stripped 2D slice off, so it is not the
+default; pass one as ``fixed_mask`` (benchmarks/README.md, "Raw clinical visits").  Result: the resampling transform ``T(p) = A(p + u(p))`` and the inverse field.
 """
 
 from __future__ import annotations

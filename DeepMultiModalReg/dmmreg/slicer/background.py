@@ -14,7 +14,8 @@
   shown by the widget's :class:`~dmmreg.slicer.widgets.RunControls`); :func:`run_to_end`
   follows one to its end.
 
-Needs only the standard library: torch runs in the background process only.
+Needs only the standard library and the backend's torch-free modules (model_io, threads): torch
+runs in the background process only.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+
+from ..model_io import user_models_folder
+from ..threads import MAX_THREADS_VARIABLE, usable_cores
 
 
 @dataclass
@@ -169,11 +173,16 @@ def backend_python() -> str:
 
 
 def backend_environment() -> dict[str, str]:
-    """Environment in which ``python -m dmmreg`` finds this package (the module's Lib folder)."""
+    """Environment in which ``python -m dmmreg`` finds this package (the module's Lib folder), the
+    user models folder this process uses, and at most all cores but one (``DMMREG_MAX_THREADS``)."""
     env = dict(os.environ)
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    # the user models folder of this process (Slicer's setting, unless DMMREG_MODELS is set)
+    env["DMMREG_MODELS"] = str(user_models_folder())
+    # leave a core to the GUI: the backend uses the idle cores, at most all but one
+    env.setdefault(MAX_THREADS_VARIABLE, str(max(1, usable_cores() - 1)))
     return env
 
 

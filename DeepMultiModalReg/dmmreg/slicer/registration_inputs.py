@@ -25,6 +25,8 @@ from ..image import Image, check_image
 from ..methods import DEFAULT_REFINE_ITERATIONS, LEARNED_METHODS, check_model_options, check_transform
 
 QUALITIES = ("fast", "balanced", "accurate")
+#: Similarity measures of the optimise method (``dmmreg register --similarity``).
+SIMILARITIES = ("nmi", "lncc", "mind")
 
 
 @dataclass
@@ -46,6 +48,8 @@ class RegistrationParameters:
     composed_transform: bool = False
     output_warped_volume: bool = True
     output_inverse_transform: bool = False
+    similarity: str = "nmi"  # SIMILARITIES: the optimise method's measure
+    keep_temporary_files: bool = False  # keep the background run's folder and its log (for a bug report)
 
     @classmethod
     def from_object(cls, source) -> RegistrationParameters:
@@ -55,7 +59,7 @@ class RegistrationParameters:
     def settings(self) -> dict:
         """The non-node settings, as stored in the result nodes' attributes."""
         return {"method": self.method, "model": self.model, "device": self.device, "quality": self.quality,
-                "transform": self.transform, "refine": self.refine}
+                "transform": self.transform, "refine": self.refine, "similarity": self.similarity}
 
     @property
     def refines(self) -> bool:
@@ -141,6 +145,8 @@ def check_settings(parameters: RegistrationParameters) -> None:
         raise InputError(f"quality must be one of {', '.join(QUALITIES)}, not '{parameters.quality}'")
     if parameters.device not in DEVICES:
         raise InputError(f"device must be one of {', '.join(DEVICES)}, not '{parameters.device}'")
+    if parameters.similarity not in SIMILARITIES:
+        raise InputError(f"similarity must be one of {', '.join(SIMILARITIES)}, not '{parameters.similarity}'")
 
 
 def check_parameters(parameters: RegistrationParameters) -> PairInputs:

@@ -7,8 +7,9 @@ MRML nodes out.  Works on a slicer-core scene without Qt; the module's widget on
   whose ``poll()`` never blocks (a GUI calls it on a timer).
 * Nodes are added to the scene only in ``finish()``, after the process succeeded, so a
   cancelled or failed run leaves the scene as it was.  Input nodes are never modified.
-* Sequences (4D): every frame is registered to a reference frame or a fixed volume, one process
-  after another, giving a transform sequence, a warped sequence and a browser node.
+* Sequences (4D): every frame is registered to a reference frame or a fixed volume in one
+  background process (``dmmreg register-sequence``), giving a transform sequence, a warped
+  sequence and a browser node.
 
 Needs slicer-core; torch only runs in the background process.
 """
@@ -16,6 +17,7 @@ Needs slicer-core; torch only runs in the background process.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +32,14 @@ from .registration_inputs import (PairInputs, RegistrationParameters, check_pair
 from ..errors import InputError
 from ..image import Image
 from ..image_io import read_image, write_image
+
+
+#: Slicer shows Python logging in its Error Log (and the application log file).
+logger = logging.getLogger("DeepMultiModalReg")
+#: Node reference roles on result transform nodes: the registration's fixed and moving volumes.
+FIXED_ROLE, MOVING_ROLE = "Fixed", "Moving"
+#: The log a run keeps in its folder with ``keep_temporary_files``.
+RUN_LOG = "run.log"
 
 
 class RegistrationFailed(RuntimeError):
@@ -48,14 +58,18 @@ class RegistrationJob:
         self.parameters = parameters
         self.folder = tempfile.mkdtemp(prefix="dmmreg-")
         self.error_message = ""
+        self.log_lines: list[str] = []
         self.paths = {name: os.path.join(self.folder, name) for name in
                       ("fixed.nii.gz", "moving.nii.gz", "fixed-mask.nii.gz", "moving-mask.nii.gz",
                        "initial.tfm", "transform.h5", "inverse.h5", "warped.nii.gz")}
         try:
-            self.process = start_backend(self._arguments(), python)
+            arguments = self._arguments()
+            self.process = start_backend(arguments, python)
         except BaseException:
             self.remove_files()
             raise
+        logger.info("registration started (%s, folder %s): dmmreg %s", parameters.method, self.folder,
+                    " ".join(arguments))
 
     def _arguments(self) -> list[str]:
         inputs, p, path = self.inputs, self.parameters, self.paths
@@ -64,6 +78,8 @@ class RegistrationJob:
         args = ["register", "--fixed", path["fixed.nii.gz"], "--moving", path["moving.nii.gz"],
                 "--output-transform", path["transform.h5"], "--method", p.method,
                 "--device", p.device, "--quality", p.quality, "--transform", p.transform, "--progress", "json"]
+        if p.method == "optimise":
+            args += ["--similarity", p.similarity]
         if p.model:
             args += ["--model", p.model]
         if p.refines:
@@ -90,6 +106,9 @@ class RegistrationJob:
         """New events (``("progress", Progress)`` / ``("log", str)``); keeps the backend's error message."""
         events = self.process.poll()
         for kind, value in events:
+            if kind == "log":
+                self.log_lines.append(value)
+                logger.debug("registration: %s", value)
             if kind == "log" and value.startswith("error:"):
                 self.error_message = value[len("error:"):].strip()
             elif kind == "progress" and value.stage == "error":
@@ -131,7 +150,17 @@ class RegistrationJob:
         self.remove_files()
 
     def remove_files(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Remove the run's folder, or with ``keep_temporary_files`` keep it with the run's log
+        (:data:`RUN_LOG`: the command, its output, the exit status) for a bug report."""
+        if not self.parameters.keep_temporary_files:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            return
+        process = getattr(self, "process", None)
+        status = "not started" if process is None else f"exit status {process.returncode}"
+        text = "\n".join([f"# {status}", *self.log_lines]) + "\n"
+        with open(os.path.join(self.folder, RUN_LOG), "w", encoding="utf-8") as stream:
+            stream.write(text)
+        logger.info("kept the registration's temporary folder %s (log: %s)", self.folder, RUN_LOG)
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,6 +213,7 @@ class RegistrationRun(BackgroundJobRun):
         try:
             failure = self.job.failure()
             if failure:
+                logger.error("registration failed: %s", failure)
                 raise RegistrationFailed(failure)
             result, warped = self.job.read_outputs()
         finally:
@@ -211,15 +241,26 @@ def add_output_nodes(scene, parameters: RegistrationParameters, result, warped: 
     if parameters.output_transform:
         outputs.transform = mrml.add_result_transform_nodes(scene, result, name, description, parameters.composed_transform)
         outputs.nodes += outputs.transform.nodes
+        set_volume_references(outputs.transform.nodes, parameters)
     if parameters.output_inverse_transform:
         outputs.inverse_transform = mrml.add_result_transform_nodes(
             scene, result, name, description, parameters.composed_transform, inverse=True)
         outputs.nodes += outputs.inverse_transform.nodes
+        set_volume_references(outputs.inverse_transform.nodes, parameters)
     if warped is not None:
         outputs.warped_volume = mrml.add_volume_node(scene, warped.with_array(warped.array.astype(np.float32)), f"{name} warped")
         mrml.set_attributes(outputs.warped_volume, description.attributes("warped volume"))
         outputs.nodes.append(outputs.warped_volume)
+    logger.info("registration finished: %s", ", ".join(node.GetName() for node in outputs.nodes))
     return outputs
+
+
+def set_volume_references(nodes, parameters: RegistrationParameters) -> None:
+    """Each result transform node refers to the registration's fixed and moving volumes
+    (roles :data:`FIXED_ROLE`, :data:`MOVING_ROLE`), as Slicer's registration modules do."""
+    for node in nodes:
+        node.SetNodeReferenceID(FIXED_ROLE, parameters.fixed_volume.GetID())
+        node.SetNodeReferenceID(MOVING_ROLE, parameters.moving_volume.GetID())
 
 
 class RegistrationLogic:
@@ -246,8 +287,55 @@ class RegistrationLogic:
 # Sequences
 
 
+class SequenceJob(RegistrationJob):
+    """One ``dmmreg register-sequence`` process registering every frame to the reference
+    (``inputs``: one :class:`PairInputs` per frame, all with the reference as fixed image)."""
+
+    def _arguments(self) -> list[str]:
+        p, frames = self.parameters, os.path.join(self.folder, "frames")
+        reference, self.output_folder = os.path.join(self.folder, "reference.nii.gz"), os.path.join(self.folder, "out")
+        os.mkdir(frames)
+        write_image(self.inputs[0].fixed, reference)
+        for index, inputs in enumerate(self.inputs):
+            write_image(inputs.moving, os.path.join(frames, f"frame_{index:04d}.nii.gz"))
+        args = ["register-sequence", "--frames", frames, "--reference-image", reference, "--output-folder",
+                self.output_folder, "--output-warped", "--method", p.method, "--device", p.device, "--quality", p.quality,
+                "--transform", p.transform, "--progress", "json"]
+        if p.method == "optimise" and p.similarity != RegistrationParameters.similarity:
+            args += ["--similarity", p.similarity]  # the panel's default leaves 2D series their cine settings
+        if p.model:
+            args += ["--model", p.model]
+        if p.refines:
+            args += ["--refine", str(p.refine)]
+        if self.inputs[0].initial_affine_lps is not None:
+            from ..transform_io import affine_to_sitk
+            import SimpleITK as sitk
+
+            sitk.WriteTransform(affine_to_sitk(self.inputs[0].initial_affine_lps), self.paths["initial.tfm"])
+            args += ["--initial-transform", self.paths["initial.tfm"]]
+        return args
+
+    def read_outputs(self) -> list:
+        """``(result, warped)`` of every frame, as :meth:`RegistrationJob.read_outputs`."""
+        from ..transform_io import read_result
+
+        outputs = []
+        for index, inputs in enumerate(self.inputs):
+            name = os.path.join(self.output_folder, f"frame_{index:04d}")
+            result = read_result(name + "_transform.h5", inputs.fixed.geometry, inputs.moving.geometry)
+            result.method = self.parameters.method
+            warped = read_image(name + "_warped.nii.gz")
+            if inputs.fixed_plane is not None:
+                result = mrml.result_on_planes(result, inputs.fixed_plane, inputs.moving_plane,
+                                               inputs.fixed_geometry_3d, inputs.moving_geometry_3d)
+                warped = mrml.image_on_plane(warped, inputs.fixed_plane)
+            outputs.append((result, warped))
+        return outputs
+
+
 class SequenceRegistrationRun(BackgroundJobRun):
-    """Frames of a sequence registered one background process after another."""
+    """Frames of a sequence registered to the reference in one background process (the images
+    read and a network loaded once: ``dmmreg register-sequence``)."""
 
     def __init__(self, scene, parameters: RegistrationParameters, sequence_node, reference_index: int | None, python: str | None):
         super().__init__()
@@ -268,43 +356,25 @@ class SequenceRegistrationRun(BackgroundJobRun):
         self.fixed = mrml.image_from_volume_node(self.reference_node, "reference frame")
         self.initial_affine = initial_affine_of(parameters.initial_transform)
         self.inputs = [self._frame_inputs(i) for i in range(count)]  # every frame checked before any work
-        self.results: list = []
-        self.job: RegistrationJob | None = None
-        self._start_next()
+        self.job: SequenceJob | None = SequenceJob(self.inputs, self._frame_parameters(), self.python)
 
     def _frame_inputs(self, index: int) -> PairInputs:
         frame = mrml.image_from_volume_node(self.frames[index], f"frame {index}")
         return check_pair(self.fixed, frame, self.reference_node.GetName(), f"frame {index}", self.initial_affine)
 
-    def _start_next(self) -> None:
-        self.job = RegistrationJob(self.inputs[len(self.results)], self._frame_parameters(), self.python)
-
     def _frame_parameters(self) -> RegistrationParameters:
         p = self.parameters
         return RegistrationParameters(method=p.method, model=p.model, device=p.device, quality=p.quality,
                                       transform=p.transform, refine=p.refine, output_transform=True,
-                                      output_warped_volume=True)
+                                      output_warped_volume=True, similarity=p.similarity,
+                                      keep_temporary_files=p.keep_temporary_files)
 
     @property
     def finished(self) -> bool:
-        """All frames done, or one failed (then :meth:`finish` raises its message)."""
-        return self.job is None or self.job.failure() is not None
+        return self.job is None or self.job.finished
 
     def poll(self) -> list[Progress]:
-        if self.job is None:
-            return []
-        share = 1.0 / len(self.frames)
-        done = len(self.results)
-        reports = self._follow(self.job, done * share, share, f"frame {done + 1} of {len(self.frames)}: ")
-        if self.job.finished and self.job.failure() is None:
-            try:
-                self.results.append(self.job.read_outputs())
-            finally:
-                self.job.remove_files()
-            self.job = None
-            if len(self.results) < len(self.frames):
-                self._start_next()
-        return reports
+        return [] if self.job is None else self._follow(self.job)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -313,17 +383,19 @@ class SequenceRegistrationRun(BackgroundJobRun):
             self.job = None
 
     def finish(self) -> RegistrationOutputs:
-        """Wait for the last frame, then add the transform and warped sequences and a browser."""
+        """Wait for the process, then add the transform and warped sequences and a browser."""
         if self.cancelled:
             raise RegistrationFailed("the registration was cancelled")
-        while not self.finished:
-            self.job.process.wait()
-            self.poll()
-        if self.job is not None:
+        self.job.process.wait()
+        self.poll()
+        try:
             failure = self.job.failure()
+            if failure:
+                raise RegistrationFailed(failure)
+            results = self.job.read_outputs()
+        finally:
             self.job.remove_files()
-            raise RegistrationFailed(f"frame {len(self.results) + 1} of {len(self.frames)}: {failure}")
-        return add_sequence_nodes(self.scene, self.parameters, self.sequence, self.reference_node.GetName(), self.results)
+        return add_sequence_nodes(self.scene, self.parameters, self.sequence, self.reference_node.GetName(), results)
 
 
 def add_sequence_nodes(scene, parameters: RegistrationParameters, sequence_node, reference_name: str, results) -> RegistrationOutputs:

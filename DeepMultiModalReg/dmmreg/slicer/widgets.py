@@ -6,7 +6,7 @@
 start button becomes Cancel, a progress bar and status label follow it); :class:`DeviceChoice`
 and :class:`MethodModelChoice` fill the device, method and model choosers from the backend;
 :func:`select_by_data` shows a parameter's value in such a chooser; :func:`ensure_torch`
-installs PyTorch from the PyTorch extension on first use.
+installs PyTorch and the backend's other requirements on first use.
 Qt (``qt``) and ``slicer`` are imported inside the functions, which run only in Slicer.
 """
 
@@ -28,6 +28,9 @@ class ParameterNodeBinding:
         """``Resources/UI/<uiName>.ui`` in the module's panel, its widgets as ``self.ui``."""
         import slicer
 
+        from .settings import apply_saved_settings
+
+        apply_saved_settings()  # the user models folder saved in Slicer's settings
         uiWidget = slicer.util.loadUI(self.resourcePath(f"UI/{uiName}.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -241,6 +244,9 @@ class MethodModelChoice:
 
     #: The methods offered (None: every method of the backend).
     METHODS = None
+    #: Methods that cannot run (a learned method without a model) are shown disabled, their tooltip
+    #: saying why and how to get a model (:func:`dmmreg.methods.method_availability`).
+    ONLY_RUNNABLE = False
 
     def _setupMethods(self) -> None:
         """The methods (and the first one's models) filled, the choosers connected."""
@@ -249,13 +255,25 @@ class MethodModelChoice:
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
 
     def _fillMethods(self) -> None:
-        from ..methods import available_methods
+        import qt
 
-        self._methodSummaries = {name: summary for name, summary in available_methods()
-                                 if self.METHODS is None or name in self.METHODS}
+        from ..methods import method_availability
+
+        rows = [row for row in method_availability() if self.METHODS is None or row[0] in self.METHODS]
+        self._methodSummaries = {name: summary for name, summary, _ in rows}
+        current = self.ui.methodComboBox.currentData
         self.ui.methodComboBox.clear()
-        for name in self._methodSummaries:
-            self.ui.methodComboBox.addItem(name, name)
+        for name, summary, whyNot in rows:
+            if whyNot is None or not self.ONLY_RUNNABLE:
+                self.ui.methodComboBox.addItem(name, name)
+                continue
+            self.ui.methodComboBox.addItem(f"{name} (no model)", name)
+            index = self.ui.methodComboBox.count - 1
+            self.ui.methodComboBox.setItemData(index, whyNot, qt.Qt.ToolTipRole)
+            self.ui.methodComboBox.model().item(index).setEnabled(False)
+        index = self.ui.methodComboBox.findData(current) if current else -1
+        if index >= 0:
+            self.ui.methodComboBox.setCurrentIndex(index)
         self.onMethodChanged()
 
     def onMethodChanged(self, index=None) -> None:
@@ -287,19 +305,9 @@ class MethodModelChoice:
 
 
 def ensure_torch() -> bool:
-    """PyTorch from the PyTorch extension, installed on first use after the user agrees; False
-    (with a message to the user) when it is not available."""
-    import slicer
+    """The backend's requirements (PyTorch from the PyTorch extension, then safetensors and the
+    others), installed on first use after the user agrees; False (with a message to the user)
+    when they are not available.  See :mod:`dmmreg.slicer.dependencies`."""
+    from .dependencies import ensure_dependencies
 
-    try:
-        import PyTorchUtils
-    except ImportError:
-        slicer.util.errorDisplay("This module needs the PyTorch extension; install it from the Extensions Manager.")
-        return False
-    torch_logic = PyTorchUtils.PyTorchUtilsLogic()
-    if torch_logic.torchInstalled():
-        return True
-    with slicer.util.tryWithErrorDisplay("PyTorch could not be installed.", waitCursor=True):
-        if torch_logic.installTorch(askConfirmation=True) is not None:
-            return True
-    return False
+    return ensure_dependencies()
