@@ -39,7 +39,8 @@ def register_seconds(threads: int | None, folder: Path) -> float:
                "--progress", "none"]
     command += [] if threads is None else ["--threads", str(threads)]
     start = time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": ""})
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # dmmreg chooses
+    subprocess.run(command, check=True, env=environment)
     return time.perf_counter() - start
 
 
