@@ -48,7 +48,7 @@ def test_two_runs_committing_the_same_outputs_leave_one_runs_set(tmp_path, monke
     for thread in threads:
         thread.join()
     contents = {target.read_text(encoding="utf-8") for target in targets}
-    assert len(contents) == 1, f"outputs from two runs: {[t.read_text(encoding="utf-8") for t in targets]}"
+    assert len(contents) == 1, f"outputs from two runs: {[t.read_text(encoding='utf-8') for t in targets]}"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".partial", ".previous"))]
 
 
