@@ -79,8 +79,9 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|"]
     for name in args.models:
         model = str(find_model("", 0, str(name)))
-        network = [measure(c, method=load_model(model)[0].name, model=model, refine=0) for c in cases]
-        default = [measure(c, method=load_model(model)[0].name, model=model) for c in cases]
+        method = load_model(model)[0].name
+        network = [measure(c, method=method, model=model, refine=0) for c in cases]
+        default = [measure(c, method=method, model=model) for c in cases]
         print(name, network, default, flush=True)
         lines.append(f"| {name} | {mean(network, 'epe'):.3f} | {mean(network, 'epe') / np.mean(prealigned):.2f} | "
                      f"{mean(network, 'folding'):.3f} | {mean(default, 'epe'):.3f} | "

@@ -3,13 +3,12 @@ phases (each started from the previous one's model, resumable from run folders i
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from test_bundling_report import bundling_script
 
 from dmmreg.errors import InputError
 from dmmreg.methods.midir import Midir, MidirConfig
@@ -17,17 +16,8 @@ from dmmreg.training.trainer import Trainer, known_warp_terms, validate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SCRIPT = Path(__file__).parents[2] / "scripts" / "train_bundled_models.py"
 SMALL = dict(dim=2, spacing_mm=2.0, encoder_channels=(8, 16, 16, 16, 16), decoder_channels=(16, 16, 16, 16),
              resize_channels=(16, 16), learning_rate=1e-3)
-
-
-def campaign_script():
-    spec = importlib.util.spec_from_file_location("train_bundled_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_known_warp_loss_is_the_endpoint_error_the_validation_reports(stroke_batches):
@@ -63,7 +53,7 @@ def test_known_warp_loss_needs_pairs_with_a_known_warp(stroke_batches):
 
 
 def test_each_phase_starts_from_the_previous_phases_model():
-    script = campaign_script()
+    script = bundling_script()
     cohorts = {"ixi": Path("campaign/ixi.csv"), "multicontrast": Path("campaign/multicontrast.csv")}
     for name, curriculum in script.CURRICULA.items():
         jobs = [script.phase_job(name, curriculum, i, cohorts) for i in range(len(curriculum.phases))]

@@ -180,6 +180,23 @@ class RegistrationOutputs:
     nodes: list = field(default_factory=list)
 
 
+def job_outputs(run):
+    """What ``run``'s finished job wrote (its ``read_outputs()``), its temporary files removed;
+    ``RegistrationFailed`` (logged) if the run was cancelled or the job failed."""
+    if run.cancelled:
+        raise RegistrationFailed("the registration was cancelled")
+    run.job.process.wait()
+    run.poll()
+    try:
+        failure = run.job.failure()
+        if failure:
+            logger.error("registration failed: %s", failure)
+            raise RegistrationFailed(failure)
+        return run.job.read_outputs()
+    finally:
+        run.job.remove_files()
+
+
 class RegistrationRun(BackgroundJobRun):
     """A pair registration in progress; :meth:`finish` adds the result nodes."""
 
@@ -206,18 +223,7 @@ class RegistrationRun(BackgroundJobRun):
 
     def finish(self) -> RegistrationOutputs:
         """Wait for the process, then add the requested nodes (raises ``RegistrationFailed``)."""
-        if self.cancelled:
-            raise RegistrationFailed("the registration was cancelled")
-        self.job.process.wait()
-        self.poll()
-        try:
-            failure = self.job.failure()
-            if failure:
-                logger.error("registration failed: %s", failure)
-                raise RegistrationFailed(failure)
-            result, warped = self.job.read_outputs()
-        finally:
-            self.job.remove_files()
+        result, warped = job_outputs(self)
         return self._add_nodes(result, warped)
 
     def _add_nodes(self, result, warped: Image | None):
@@ -384,17 +390,7 @@ class SequenceRegistrationRun(BackgroundJobRun):
 
     def finish(self) -> RegistrationOutputs:
         """Wait for the process, then add the transform and warped sequences and a browser."""
-        if self.cancelled:
-            raise RegistrationFailed("the registration was cancelled")
-        self.job.process.wait()
-        self.poll()
-        try:
-            failure = self.job.failure()
-            if failure:
-                raise RegistrationFailed(failure)
-            results = self.job.read_outputs()
-        finally:
-            self.job.remove_files()
+        results = job_outputs(self)
         return add_sequence_nodes(self.scene, self.parameters, self.sequence, self.reference_node.GetName(), results)
 
 
