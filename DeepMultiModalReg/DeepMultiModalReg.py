@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional, Union
 
-import ctk
 import qt
 import slicer
 import vtk
@@ -19,6 +18,7 @@ from slicer import (
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
     vtkMRMLSequenceNode,
+    vtkMRMLTransformNode,
 )
 from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -35,11 +35,10 @@ from dmmreg.slicer.dependencies import ensure_dependencies
 from dmmreg.slicer.about import sample_data_folder
 from dmmreg.methods import DEFAULT_REFINE_ITERATIONS, TRANSFORMS
 from dmmreg.slicer.background import run_to_end
-from dmmreg.slicer import settings
 from dmmreg.slicer.registration_inputs import QUALITIES, SIMILARITIES, RegistrationParameters
 from dmmreg.slicer.registration_logic import RegistrationFailed, RegistrationLogic
-from dmmreg.slicer.widgets import (RunControls, DeviceChoice, MethodModelChoice, ParameterNodeBinding,
-    select_by_data)
+from dmmreg.slicer.widgets import (RunControls, DeviceChoice, MethodModelChoice, ModelsFolderChoice,
+    ParameterNodeBinding, select_by_data)
 
 MaskNode = Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
 SAMPLE_CONTRASTS = ("T1", "T2", "FLAIR")
@@ -55,9 +54,11 @@ class DeepMultiModalReg(ScriptedLoadableModule):
         self.parent.helpText = about.help_text(
             "Registers a moving MRI volume (any contrast) to a fixed one: rigid, affine, or affine then "
             "deformable (the Transform choice; learned methods stop at their rigid or affine pre-alignment). "
-            "The result is a transform (place the moving volume under it to see it on the fixed one), "
-            "the warped volume and optionally the inverse transform. Sequences (4D) are registered "
-            "frame by frame. The work runs in a background process; Apply becomes Cancel meanwhile."
+            "The result is a transform, written into the output transform you choose (only that node "
+            "is overwritten) or into new nodes. The moving volume is left under it (its voxels unchanged) "
+            "or, with 'harden', resampled on the fixed volume's grid into the output volume you choose or "
+            "a new one; optionally the inverse transform too. Sequences (4D) are registered frame by "
+            "frame into new sequences. The work runs in a background process; Apply becomes Cancel meanwhile."
         )
         self.parent.acknowledgementText = about.acknowledgement_text()
         slicer.app.connect("startupCompleted()", register_sample_data)
@@ -102,8 +103,10 @@ class DeepMultiModalRegParameterNode:
     transform: Annotated[str, Choice(list(TRANSFORMS)), Default("deformable")]
     refine: Annotated[int, WithinRange(0, 500), Default(DEFAULT_REFINE_ITERATIONS)]
     output_transform: Annotated[bool, Default(True)]
+    output_transform_node: Optional[vtkMRMLTransformNode]  # None: new nodes
     composed_transform: bool
-    output_warped_volume: Annotated[bool, Default(True)]
+    harden_moving_volume: bool  # False: the moving volume is left under the result transform
+    output_volume_node: Optional[vtkMRMLScalarVolumeNode]  # None: a new volume
     output_inverse_transform: bool
     similarity: Annotated[str, Choice(list(SIMILARITIES)), Default("nmi")]
     keep_temporary_files: bool
@@ -112,7 +115,7 @@ class DeepMultiModalRegParameterNode:
     reference_is_fixed: bool
 
 
-class DeepMultiModalRegWidget(RunControls, DeviceChoice, MethodModelChoice, ParameterNodeBinding,
+class DeepMultiModalRegWidget(RunControls, DeviceChoice, MethodModelChoice, ModelsFolderChoice, ParameterNodeBinding,
                               ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Inputs, method, outputs; Apply starts the background run and becomes Cancel."""
 
@@ -152,6 +155,8 @@ class DeepMultiModalRegWidget(RunControls, DeviceChoice, MethodModelChoice, Para
                         (self.ui.modelComboBox, p.model)))
         # the refinement adds a displacement field: for the deformable transform only
         self.ui.refineSpinBox.enabled = self.ui.refineSpinBoxLabel.enabled = p.transform == "deformable"
+        self.ui.outputTransformSelector.enabled = self.ui.composedTransformCheckBox.enabled = p.output_transform
+        self.ui.outputVolumeSelector.enabled = p.harden_moving_volume
         if self.run is None:
             ready = bool(p.fixed_volume and (p.moving_volume or p.sequence))
             self.ui.applyButton.enabled = ready
@@ -159,17 +164,8 @@ class DeepMultiModalRegWidget(RunControls, DeviceChoice, MethodModelChoice, Para
 
     # ---- choosers filled from the backend (see MethodModelChoice)
 
-    def _setupModelsFolder(self):
-        """The user models folder (Slicer's settings; DMMREG_MODELS wins): changing it lists its models."""
-        from dmmreg import model_io
-
-        self.ui.modelsFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
-        self.ui.modelsFolderPathLineEdit.currentPath = str(model_io.user_models_folder())
-        self.ui.modelsFolderPathLineEdit.enabled = settings.user_models_folder_source() != "environment"
-        self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelsFolderChanged)
-
-    def onModelsFolderChanged(self, path):
-        settings.save_user_models_folder(path)
+    def _modelsFolderChanged(self):
+        """The user models folder changed (see ModelsFolderChoice): list the methods and models again."""
         self._fillMethods()
 
     def _modelsFilled(self, method, models):
@@ -211,9 +207,9 @@ class DeepMultiModalRegWidget(RunControls, DeviceChoice, MethodModelChoice, Para
 
     def _finishRun(self, outputs):
         self._endRun("Done.")
-        if outputs.warped_volume is not None:
+        if outputs.moved_volume is not None:
             slicer.util.setSliceViewerLayers(background=self._parameterNode.fixed_volume,
-                                             foreground=outputs.warped_volume, foregroundOpacity=0.5)
+                                             foreground=outputs.moved_volume, foregroundOpacity=0.5)
         if outputs.browser is not None:
             slicer.modules.sequences.toolBar().setActiveBrowserNode(outputs.browser)
 
@@ -252,7 +248,7 @@ class DeepMultiModalRegTest(ScriptedLoadableModuleTest):
 
     def _parameters(self):
         return RegistrationParameters(fixed_volume=self._load_sample("T1"), moving_volume=self._load_sample("FLAIR"),
-                                      quality="fast", output_inverse_transform=True)
+                                      quality="fast", harden_moving_volume=True, output_inverse_transform=True)
 
     def test_register_flair_to_t1(self):
         """The bundled contrasts are aligned: the result must be close to the identity."""

@@ -30,7 +30,8 @@ from dmmreg.errors import InputError
 from dmmreg.slicer import about
 from dmmreg.slicer.dependencies import ensure_dependencies
 from dmmreg.slicer.finetuning_logic import FineTuningFailed, FineTuningLogic, check_parameters
-from dmmreg.slicer.widgets import RunControls, DeviceChoice, ParameterNodeBinding, select_by_data
+from dmmreg.slicer.widgets import (RunControls, DeviceChoice, ModelsFolderChoice, ParameterNodeBinding,
+    select_by_data)
 
 ICON = Path(__file__).resolve().parent / "Resources" / "Icons" / "DeepMultiModalReg.png"
 
@@ -46,7 +47,8 @@ class DeepMultiModalRegFineTuning(ScriptedLoadableModule):
             "Fine-tunes a learned registration model on your images: a cohort folder or CSV file, or the "
             "volumes of this scene named SUBJECT_CONTRAST (e.g. sub-01_T1, sub-01_FLAIR, and a label map "
             "sub-01_labels). The loss and the validation error are plotted while it runs in a background "
-            "process; the new model is saved in your models folder and selectable in the Registration module."
+            "process; the new model is saved in your models folder (the Models folder field, the same setting "
+            "as in the Registration module) and selectable in the Registration module."
         )
         self.parent.acknowledgementText = about.acknowledgement_text()
         if ICON.exists():  # the extension's icon, shared with the Registration module
@@ -67,9 +69,9 @@ class DeepMultiModalRegFineTuningParameterNode:
     device: Annotated[str, Default("auto")]
 
 
-class DeepMultiModalRegFineTuningWidget(RunControls, DeviceChoice, ParameterNodeBinding,
+class DeepMultiModalRegFineTuningWidget(RunControls, DeviceChoice, ModelsFolderChoice, ParameterNodeBinding,
                                         ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Cohort, base model and settings; Start runs in the background and becomes Cancel."""
+    """Cohort, base model, models folder and settings; Start runs in the background and becomes Cancel."""
 
     POLL_MILLISECONDS = 200
     RUN_BUTTON_TEXT = "Start"
@@ -93,6 +95,7 @@ class DeepMultiModalRegFineTuningWidget(RunControls, DeviceChoice, ParameterNode
         self.ui.cohortPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Files
         self.ui.cohortPathLineEdit.nameFilters = ["Cohort folder or CSV (*.csv)", "All files (*)"]
         self._fillBaseModels()
+        self._setupModelsFolder()
         self._setupDevices()
         self._setupRunControls(self.ui.startButton, self.ui.progressBar, self.ui.statusLabel)
         self.ui.baseModelComboBox.connect("currentIndexChanged(int)", self.onBaseModelChanged)
@@ -131,6 +134,10 @@ class DeepMultiModalRegFineTuningWidget(RunControls, DeviceChoice, ParameterNode
                                               card["path"])
         self.onBaseModelChanged()
 
+    def _modelsFolderChanged(self):
+        """The user models folder changed (see ModelsFolderChoice): list the base models again."""
+        self._fillBaseModels()
+
     def onBaseModelChanged(self, index=None):
         if self._parameterNode:
             self._parameterNode.base_model = self.ui.baseModelComboBox.currentData or ""
@@ -145,7 +152,6 @@ class DeepMultiModalRegFineTuningWidget(RunControls, DeviceChoice, ParameterNode
 
     def onStartButton(self):
         if not self._mayStartRun():  # Start was Cancel: self._cancel() stops the run
-            return
             return
         p = self._parameterNode
         try:

@@ -15,17 +15,22 @@ Each method's estimate ``T`` is scored on the fixed grid:
   space, warped once by ``G`` and once by ``T`` (nearest neighbour) and compared;
 * folding (% of brain voxels with det(grad T) <= 0) and the std of log det (``dmmreg.metrics``);
 * wall seconds and peak resident memory (MB) of the process that registered (a subprocess:
-  ``dmmreg register`` in this virtualenv, ANTs through ``ants_worker.py`` in ``.venv-bench``).
+  ``dmmreg register`` in this virtualenv, ANTs and elastix through ``ants_worker.py`` and
+  ``elastix_worker.py`` in ``.venv-bench``).
 
 Methods: ``identity`` (no registration: the starting point), ``optimise`` (``dmmreg register
 --method optimise``), ``ants-affine`` / ``ants-syn`` (antspyx 'Affine' / 'SyN', mutual
-information), with ``--include-syn-s``, ``ants-syn-s`` ('antsRegistrationSyN[s]', slow), and
-with ``--models NAME ... --refine N ...`` trained models, each network alone (``--refine 0``)
-or refined by N optimise iterations (``NAME+refineN``); "registration s" is the registration
-without the process start-up.
+information), ``elastix`` (itk-elastix's default "affine" then "bspline" parameter maps, Mattes
+mutual information, the B-spline map with its bending energy penalty), with ``--include-syn-s``,
+``ants-syn-s`` ('antsRegistrationSyN[s]', slow), and with ``--models NAME ... --refine N ...``
+trained models, each network alone (``--refine 0``) or refined by N optimise iterations
+(``NAME+refineN``); "registration s" is the registration without the process start-up.  The
+ANTs and elastix transforms are read as displacement fields; each is checked by resampling the
+moving image through it and comparing with the tool's own warped image (``conversion_check_percent``).
 
-Writes ``registration-<date>-<host>-<n>cpu.csv`` and ``.md`` (a table per case and a mean per
-method) to ``--out``.  See benchmarks/README.md.
+Writes ``registration-<date>-<host>-<n>cpu.csv`` and ``.md`` (a table per case, a mean per
+method, and the ratios to ``ants-syn``: median over the cases of SyN's seconds / the method's,
+and the method's mean EPE / SyN's) to ``--out``.  See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "brain-multicontrast"
 DEFAULT_ANTS_PYTHON = REPOSITORY / ".venv-bench" / "bin" / "python"
 ANTS_WORKER = Path(__file__).resolve().parent / "ants_worker.py"
+ELASTIX_WORKER = Path(__file__).resolve().parent / "elastix_worker.py"
 MEASURE = Path(__file__).resolve().parent / "measure_process.py"
 
 # file names of each subject's contrasts (all on one grid, aligned)
@@ -71,11 +77,15 @@ SUBJECTS = {
 def benchmark_subject(data: Path, name: str, contrasts=("t1", "t2", "flair")) -> Subject:
     """Subject ``name`` of ``data`` (a folder laid out as ``SUBJECTS``) with ``contrasts`` (lower case)."""
     return Subject(name, {c: data / name / SUBJECTS[name][c.upper()] for c in contrasts})
+
+
 ANTS_TRANSFORMS = {"ants-affine": "Affine", "ants-syn": "SyN", "ants-syn-s": "antsRegistrationSyN[s]"}
-METHODS = ("identity", "optimise", "ants-affine", "ants-syn")  # ants-syn-s: --include-syn-s
+ELASTIX_TYPES = {"elastix": "affine-bspline"}  # elastix_worker.py --type
+METHODS = ("identity", "optimise", "ants-affine", "ants-syn", "elastix")  # ants-syn-s: --include-syn-s
+RATIO_REFERENCE = "ants-syn"  # the method the ratios table compares with
 TISSUE_CLASSES = 3
-# a converted ANTs transform must reproduce ANTs' warped image to this fraction of the range
-ANTS_CHECK_TOLERANCE_PERCENT = 1.0
+# a converted ANTs or elastix transform must reproduce the tool's warped image to this fraction of the range
+CONVERSION_CHECK_TOLERANCE_PERCENT = 1.0
 
 
 @dataclass
@@ -100,7 +110,7 @@ class Run:
     seconds: float
     peak_memory_mb: float
     registration_seconds: float = math.nan  # registration alone, when the method reports it
-    ants_check_percent: float = math.nan  # conversion check, ANTs only
+    conversion_check_percent: float = math.nan  # ANTs and elastix only
 
 
 def brain_mask(image: Image) -> np.ndarray:
@@ -219,33 +229,33 @@ def model_runner(model: str, refine: int, untrained: bool = False):
     return run
 
 
-def ants_runner(method: str, ants_python: Path, threads: int):
-    """A runner for one ANTs transform type, through ``ants_worker.py`` in the ANTs virtualenv."""
+def worker_runner(method: str, worker: Path, kind: str, bench_python: Path, threads: int):
+    """A runner for an ANTs or elastix registration of type ``kind``, through ``worker``
+    (``ants_worker.py`` or ``elastix_worker.py``) in the benchmark virtualenv."""
 
     def run(case: Case, case_dir: Path) -> Run:
         out_dir = case_dir / method
         command = [
-            str(ants_python), str(ANTS_WORKER), "--fixed", str(case.fixed_path), "--moving",
-            str(case.moving_path), "--type", ANTS_TRANSFORMS[method], "--out-dir", str(out_dir),
-            "--threads", str(threads),
+            str(bench_python), str(worker), "--fixed", str(case.fixed_path), "--moving",
+            str(case.moving_path), "--type", kind, "--out-dir", str(out_dir), "--threads", str(threads),
         ]
         seconds, peak = run_measured(command, case_dir / f"{method}.log")
         estimate = read_result(out_dir / "displacement.nii.gz", case.truth.fixed_geometry, case.moving.geometry)
         timing = json.loads((out_dir / "timing.json").read_text())
-        check = ants_conversion_difference(case, estimate, read_image(out_dir / "warped.nii.gz"))
-        if check > ANTS_CHECK_TOLERANCE_PERCENT:
-            print(f"  WARNING {method}: the converted transform differs from ANTs' warped image by {check:.2f} %")
+        check = conversion_difference(case, estimate, read_image(out_dir / "warped.nii.gz"))
+        if check > CONVERSION_CHECK_TOLERANCE_PERCENT:
+            print(f"  WARNING {method}: the converted transform differs from the tool's warped image by {check:.2f} %")
         return Run(estimate, seconds, peak, timing["registration_seconds"], check)
 
     return run
 
 
-def ants_conversion_difference(case: Case, estimate: RegistrationResult, ants_warped: Image) -> float:
-    """Mean |moving warped by our reading of the ANTs transform - ANTs' own warped moving image|
-    inside the brain, in percent of the moving image's 99th-percentile brain intensity."""
+def conversion_difference(case: Case, estimate: RegistrationResult, tool_warped: Image) -> float:
+    """Mean |moving warped by our reading of a tool's transform - the tool's own warped moving
+    image| inside the brain, in percent of the moving image's 99th-percentile brain intensity."""
     ours = estimate.warp(case.moving).array
     scale = np.percentile(case.moving.array[case.moving.array != 0], 99)
-    return float(100.0 * np.mean(np.abs(ours[case.brain] - ants_warped.array[case.brain])) / scale)
+    return float(100.0 * np.mean(np.abs(ours[case.brain] - tool_warped.array[case.brain])) / scale)
 
 
 def evaluate(case: Case, run: Run) -> dict[str, float]:
@@ -264,7 +274,7 @@ def evaluate(case: Case, run: Run) -> dict[str, float]:
         "seconds": run.seconds,
         "registration_seconds": run.registration_seconds,
         "peak_memory_mb": run.peak_memory_mb,
-        "ants_check_percent": run.ants_check_percent,
+        "conversion_check_percent": run.conversion_check_percent,
     }
 
 
@@ -308,6 +318,39 @@ def method_means(rows: list[dict]) -> list[dict]:
     return out
 
 
+def ratios_to_reference(rows: list[dict], reference: str = RATIO_REFERENCE) -> list[dict]:
+    """Per method, on the cases where it and ``reference`` both succeeded: the median over the
+    cases of the reference's seconds / the method's (whole processes; and the reference's
+    registration call alone / the method's whole process), and the method's mean EPE / the
+    reference's."""
+    done = {(row["case"], row["method"]): row for row in rows if not row["error"]}
+    out = []
+    for method in dict.fromkeys(row["method"] for row in rows):
+        pairs = [(done[case, method], done[case, reference]) for case, name in done
+                 if name == method and (case, reference) in done]
+        speed = [ref["seconds"] / row["seconds"] for row, ref in pairs if row["seconds"] > 0]
+        call_speed = [ref["registration_seconds"] / row["seconds"] for row, ref in pairs if row["seconds"] > 0]
+        epe = [(row["epe_mean_mm"], ref["epe_mean_mm"]) for row, ref in pairs]
+        out.append({
+            "method": method,
+            "cases": len(pairs),
+            "speed": float(np.median(speed)) if speed else math.nan,
+            "call_speed": float(np.median(call_speed)) if call_speed else math.nan,
+            "epe": float(np.mean([m for m, _ in epe]) / np.mean([r for _, r in epe])) if epe else math.nan,
+        })
+    return out
+
+
+def ratios_table(rows: list[dict], reference: str = RATIO_REFERENCE) -> list[str]:
+    """Markdown table of :func:`ratios_to_reference`."""
+    lines = [f"| method | cases | speed vs {reference} (process / process) | speed vs {reference} "
+             f"(its registration call / process) | mean EPE / {reference}'s |", "|---|---|---|---|---|"]
+    for ratio in ratios_to_reference(rows, reference):
+        cells = ["" if not math.isfinite(ratio[k]) else f"{ratio[k]:.2f}" for k in ("speed", "call_speed", "epe")]
+        lines.append(f"| {ratio['method']} | {ratio['cases']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def results_file(out_dir: Path, kind: str) -> tuple[str, Path]:
     """``(stamp, out_dir / "KIND-<date>-<host>-<n>cpu.md")``: where a benchmark writes its figures
     (the folder is made; ``-2``, ``-3``... is added when two runs end in the same minute, so none
@@ -347,6 +390,13 @@ def write_results(rows: list[dict], out_dir: Path, settings: dict) -> tuple[Path
         "",
         *markdown_table(method_means(rows), ["method", "cases"]),
         "",
+        f"## Ratios to {RATIO_REFERENCE}",
+        "",
+        f"Per case, same run: speed = {RATIO_REFERENCE}'s seconds / the method's (median over the cases); "
+        f"EPE = the method's mean EPE / {RATIO_REFERENCE}'s, over the cases both completed.",
+        "",
+        *ratios_table(rows),
+        "",
         "## Per case",
         "",
         *markdown_table([row for row in rows if not row["error"]], ["case", "method"]),
@@ -378,9 +428,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--syn-s-cases", type=int, default=1, help="run antsRegistrationSyN[s] on the first N cases")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the brain-multicontrast subjects")
-    parser.add_argument("--ants-python", type=Path, default=DEFAULT_ANTS_PYTHON,
-                        help="python of the virtualenv with antspyx (see benchmarks/README.md)")
-    parser.add_argument("--ants-threads", type=int, default=2)
+    parser.add_argument("--bench-python", type=Path, default=DEFAULT_ANTS_PYTHON,
+                        help="python of the virtualenv with antspyx and itk-elastix (see benchmarks/README.md)")
+    parser.add_argument("--bench-threads", type=int, default=2, help="ITK threads of ANTs and elastix (default 2)")
     parser.add_argument("--keep-work", type=Path, help="keep the cases' images and transforms in this folder")
     return parser.parse_args(argv)
 
@@ -388,7 +438,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     runners = {"identity": run_identity, "optimise": run_optimise}
-    runners.update({method: ants_runner(method, args.ants_python, args.ants_threads) for method in ANTS_TRANSFORMS})
+    runners.update({method: worker_runner(method, ANTS_WORKER, kind, args.bench_python, args.bench_threads)
+                    for method, kind in ANTS_TRANSFORMS.items()})
+    runners.update({method: worker_runner(method, ELASTIX_WORKER, kind, args.bench_python, args.bench_threads)
+                    for method, kind in ELASTIX_TYPES.items()})
     for model in args.models:
         if args.untrained_baseline:
             runners[f"{Path(model).stem}-untrained"] = model_runner(model, 0, untrained=True)
@@ -419,6 +472,7 @@ def main(argv: list[str]) -> int:
     for summary in method_means(rows):
         print(f"{summary['method']:>12} ({summary['cases']} cases): "
               + ", ".join(f"{TABLE_COLUMNS[k][0]} {TABLE_COLUMNS[k][1].format(summary[k])}" for k in TABLE_COLUMNS))
+    print("\n".join(ratios_table(rows)))
     return 0
 
 

@@ -113,24 +113,29 @@ class RegistrationResult:
         Matches ``SimpleITK.Resample`` with the same transform: float64 arithmetic (a zero
         displacement returns the input exactly), points within half a voxel outside the input
         take the edge value, points further out 0.  ``mode``: "linear" for intensities,
-        "nearest" for label maps."""
+        "nearest" for label maps.  The target grid is done in slabs of at most
+        :data:`WARP_SLAB_VOXELS` voxels, so the memory this needs beyond the input and the
+        output stays bounded however large the grid."""
         import torch
 
         from . import spatial
 
         source, target = (self.fixed_geometry, self.moving_geometry) if inverse else (self.moving_geometry, self.fixed_geometry)
-        points = _grid_points(target)
-        mapped = torch.from_numpy(self.inverse_points(points) if inverse else self.resampling_points(points))
         volume = torch.from_numpy(np.asarray(moving.array, dtype=np.float64))[None, None]
-        out = spatial.sample(volume, source, mapped[None], mode=mode, padding="border")[0, 0]
-        index = spatial.apply_matrix(mapped, source.physical_to_index)
-        size = torch.tensor(source.size, dtype=index.dtype)
-        inside = ((index >= -0.5) & (index <= size - 0.5)).all(dim=-1)
-        out = torch.where(inside, out, torch.zeros_like(out)).numpy()
+        size = torch.tensor(source.size, dtype=torch.float64)
+        out = np.empty(target.shape, dtype=np.float32 if mode == "linear" else np.float64)
+        rows = max(1, WARP_SLAB_VOXELS // int(np.prod(target.shape[1:])))
+        for start in range(0, target.shape[0], rows):
+            points = _slab_points(target, start, min(start + rows, target.shape[0]))
+            mapped = torch.from_numpy(self.inverse_points(points) if inverse else self.resampling_points(points))
+            values = spatial.sample(volume, source, mapped[None], mode=mode, padding="border")[0, 0]
+            index = spatial.apply_matrix(mapped, source.physical_to_index)
+            inside = ((index >= -0.5) & (index <= size - 0.5)).all(dim=-1)
+            out[start:start + rows] = torch.where(inside, values, torch.zeros_like(values)).numpy()
         if mode == "nearest":
             return Image(np.rint(out).astype(moving.array.dtype) if np.issubdtype(moving.array.dtype, np.integer)
                          else out.astype(moving.array.dtype), target)
-        return Image(out.astype(np.float32), target)
+        return Image(out, target)
 
     def jacobian_determinant(self, geometry: Geometry | None = None) -> Image:
         """det of the Jacobian of ``T`` (affine included) on ``geometry`` (default: the fixed grid)."""
@@ -142,6 +147,23 @@ class RegistrationResult:
         disp = torch.from_numpy(self.resampling_displacement(geometry))
         det = spatial.jacobian_determinant(spatial.to_channels_first(disp[None]), geometry)[0]
         return Image(det.numpy().astype(np.float32), geometry)
+
+
+#: Most target voxels :meth:`RegistrationResult.warp` maps at once (about 100 MB per float64 point array).
+WARP_SLAB_VOXELS = 1 << 22
+
+
+def _slab_points(geometry: Geometry, start: int, stop: int) -> np.ndarray:
+    """Physical points (float64, ``(stop - start, *geometry.shape[1:], dim)``) of the voxels of
+    ``geometry`` whose first array index (z in 3D) is in ``[start, stop)``, computed as
+    :func:`dmmreg.spatial.grid_points` computes them (not cached)."""
+    import torch
+
+    from . import spatial
+
+    axes = [torch.arange(start, stop, dtype=torch.float64)] + [torch.arange(n, dtype=torch.float64) for n in geometry.shape[1:]]
+    index = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)  # x, y, z
+    return spatial.apply_matrix(index, geometry.index_to_physical).numpy()
 
 
 def _grid_points(geometry: Geometry) -> np.ndarray:

@@ -48,6 +48,8 @@ def test_default_config_is_the_papers_and_round_trips():
     assert MidirConfig.from_dict(asdict(config)) == config
     with pytest.raises(InputError, match="similarity must be one of"):
         Midir(MidirConfig(similarity="mse"))
+    with pytest.raises(InputError, match="network_inputs must be one of"):
+        Midir(MidirConfig(network_inputs="gradients"))
     with pytest.raises(InputError, match="control_spacing_voxels must be 1 .. 16"):
         Midir(MidirConfig(control_spacing_voxels=17))
 
@@ -57,7 +59,7 @@ def test_outputs_loss_terms_and_gradients(dim, similarity, stroke_batches):
     batch = stroke_batches[dim]
     model = small_model(dim, similarity=similarity)
     control = model.control_grid(batch.geometry)
-    coefficients = model.network(batch.fixed, batch.moving, control.shape)
+    coefficients = model.network(torch.cat([batch.fixed, batch.moving], dim=1), control.shape)
     assert coefficients.shape == (1, dim, *control.shape)
 
     prediction = model.predict(batch.fixed, batch.moving, batch.geometry)
@@ -180,7 +182,7 @@ def _input_sensitivity(model: Midir, shape: tuple[int, int], control_point: tupl
     fixed = torch.ones(1, 1, *shape, requires_grad=True)
     moving = torch.ones(1, 1, *shape, requires_grad=True)
     control_shape = model.control_grid(spatial_geometry(shape)).shape
-    velocity = model.network(fixed, moving, control_shape)
+    velocity = model.network(torch.cat([fixed, moving], dim=1), control_shape)
     velocity[0, :, control_point[0], control_point[1]].sum().backward()
     return (fixed.grad.abs() + moving.grad.abs())[0, 0].numpy()
 
@@ -214,3 +216,20 @@ def test_the_decoder_can_reach_full_resolution_for_coarse_control_grids():
     assert full.network.unet(torch.cat([x, x], dim=1)).shape[2:] == x.shape[2:]
     with pytest.raises(InputError, match="feature_level must be 0 .. 3"):
         Midir(MidirConfig(control_spacing_voxels=8, feature_level=4))
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_mind_inputs_give_the_same_velocity_for_any_linear_contrast(dim, stroke_batches):
+    """With ``network_inputs="mind"`` the network sees MIND-SSC descriptors: a contrast change
+    ``a I + b`` (inversion included) of either image leaves the prediction unchanged, while the
+    intensity network's changes; gradients reach the weights."""
+    batch = stroke_batches[dim]
+    model = small_model(dim, network_inputs="mind")
+    velocity = model.velocity(batch.fixed, batch.moving, batch.geometry)
+    recontrasted = model.velocity(3 * batch.fixed + 1, 1 - 0.5 * batch.moving, batch.geometry)
+    assert velocity.abs().max() > 0
+    assert torch.allclose(velocity, recontrasted, atol=1e-4 * velocity.abs().max().item())
+    intensity = small_model(dim)
+    changed = intensity.velocity(1 - 0.5 * batch.fixed, batch.moving, batch.geometry)
+    assert not torch.allclose(intensity.velocity(batch.fixed, batch.moving, batch.geometry), changed)
+    assert_gradients_reach(model, model.loss_terms(batch)["total"])

@@ -69,18 +69,19 @@ class CollapsibleButtonStandIn(QtWidgets.QGroupBox):
 
 
 class NodeComboBoxStandIn(QtWidgets.QComboBox):
-    """qMRMLNodeComboBox stand-in: shows the node types it accepts."""
+    """qMRMLNodeComboBox stand-in: shows the node types it accepts (and what None means)."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self._node_types = []
         self._none_enabled = False
+        self._none_display = "None"
         self._flags = {}
 
     def _refresh(self):
         self.clear()
         if self._none_enabled:
-            self.addItem("None")
+            self.addItem(self._none_display)
         for node_type in self._node_types:
             self.addItem(f"({node_type.replace('vtkMRML', '').replace('Node', '')})")
 
@@ -98,8 +99,13 @@ class NodeComboBoxStandIn(QtWidgets.QComboBox):
         self._none_enabled = bool(value)
         self._refresh()
 
+    def _set_none_display(self, value):
+        self._none_display = value
+        self._refresh()
+
     nodeTypes = Property("QStringList", _get_node_types, _set_node_types)
     noneEnabled = Property(bool, _get_none, _set_none)
+    noneDisplay = Property(str, lambda self: self._none_display, _set_none_display)
     addEnabled = Property(bool, lambda self: self._flags.get("add", False), lambda self, v: self._flags.__setitem__("add", v))
     removeEnabled = Property(bool, lambda self: self._flags.get("remove", False), lambda self, v: self._flags.__setitem__("remove", v))
     renameEnabled = Property(bool, lambda self: self._flags.get("rename", False), lambda self, v: self._flags.__setitem__("rename", v))
@@ -396,6 +402,9 @@ def fill_finetuning_as_the_module_does(panel):
     devices = panel.findChild(QtWidgets.QComboBox, "deviceComboBox")
     for value, label in device_choices(None):
         devices.addItem(label, value)
+    from dmmreg.slicer.settings import models_folder_field
+
+    panel.findChild(PathLineEditStandIn, "modelsFolderPathLineEdit").currentPath = models_folder_field()[0]
 
 
 def finetuning_running(panel, save):

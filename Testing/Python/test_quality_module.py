@@ -127,7 +127,7 @@ def test_names_the_module_uses_from_the_backend_and_slicer_exist(name):
 
 
 #: Node selectors of each module's panel.
-SELECTORS = {"DeepMultiModalReg": 6, "DeepMultiModalRegQuality": 8, "DeepMultiModalRegSynthesis": 2,
+SELECTORS = {"DeepMultiModalReg": 8, "DeepMultiModalRegQuality": 8, "DeepMultiModalRegSynthesis": 2,
              "DeepMultiModalRegFineTuning": 0}
 
 

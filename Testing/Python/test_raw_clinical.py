@@ -15,13 +15,16 @@ import SimpleITK as sitk
 
 from conftest import require
 from dmmreg.geometry import Geometry
-from dmmreg.image import head_mask, otsu_threshold
+from dmmreg.image import head_mask, head_weight, otsu_threshold
 from dmmreg.image_io import read_image
 from dmmreg.registration import register_pair
 from dmmreg.transform_io import read_result
 
 RAW = Path(__file__).parents[3] / "shared" / "data" / "brain-clinical-raw" / "oms-long-p20"
 MAX_RIGID_DEVIATION_MM = 1.0
+#: ANTs' rigid (antspyx ``Rigid``) is 0.67-0.68 mm from the authors' affine on this pair
+#: (benchmarks/results/clinical-raw-*); ours must stay below it with a margin
+ANTS_RIGID_DEVIATION_MM = 0.67
 
 
 def test_otsu_threshold_splits_two_classes():
@@ -40,6 +43,16 @@ def test_head_mask_keeps_the_head_with_its_dark_inside_and_drops_noise():
     mask = head_mask(image)
     assert mask[radius < 13].all(), "the dark inside is filled slice by slice"
     assert not mask[radius > 15].any(), "noise and the speck stay out"
+
+
+def test_head_weight_is_lower_on_the_bright_scalp_of_a_raw_scan():
+    fixed = read_image(require(RAW / "study2_FLAIR.nii.gz"))
+    weight = head_weight(fixed.array, fixed.geometry.spacing, band_mm=10.0, floor=0.1)
+    head = head_mask(fixed.array)
+    bright = head & (fixed.array >= np.percentile(fixed.array[head], 99))  # scalp fat and vessels
+    assert weight.shape == fixed.array.shape and not weight[~head].any()
+    assert weight[head].min() >= 0.1 and weight[head].max() == 1.0
+    assert weight[bright].mean() < 0.6 * weight[head].mean(), "the bright scalp band is down-weighted"
 
 
 def test_matrix_offset_transform_file_reads_as_an_affine(tmp_path):
@@ -67,4 +80,5 @@ def test_rigid_registration_of_a_raw_pair_is_close_to_the_authors_affine(one_thr
     head = np.argwhere(head_mask(fixed.array))[::7, ::-1].astype(np.float64)  # every 7th voxel is plenty
     points = fixed.geometry.physical_points(head)
     deviation = np.linalg.norm(result.resampling_points(points) - authors.resampling_points(points), axis=1)
-    assert deviation.mean() < MAX_RIGID_DEVIATION_MM, f"mean deviation {deviation.mean():.2f} mm from the authors' affine"
+    assert deviation.mean() < min(MAX_RIGID_DEVIATION_MM, ANTS_RIGID_DEVIATION_MM - 0.1), \
+        f"mean deviation {deviation.mean():.2f} mm from the authors' affine"

@@ -185,7 +185,7 @@ def bad_input_cases(scene, stroke):
         "labelmap as volume": (dict(moving_volume=labelmap), "is a labelmap"),
         "same volume": (dict(moving_volume=fixed), "same node"),
         "no moving volume": (dict(moving_volume=None), "select both"),
-        "no output": (dict(moving_volume=moving, output_transform=False, output_warped_volume=False), "at least one output"),
+        "no output": (dict(moving_volume=moving, output_transform=False), "keep the transform output"),
         "unknown quality": (dict(moving_volume=moving, quality="best"), "quality must be"),
         "unknown transform": (dict(moving_volume=moving, transform="similarity"), "unknown transform 'similarity'"),
         "model for optimise": (dict(moving_volume=moving, model="midir-brain-3d"), "apply to the learned methods"),
@@ -258,7 +258,7 @@ def test_registration_end_to_end_matches_simpleitk(scene, oblique_case, tmp_path
     moving = mrml.add_volume_node(scene, moving_image, "FLAIR")
     moving_voxels = slicer.util.arrayFromVolume(moving).copy()
     parameters = RegistrationParameters(fixed_volume=fixed, moving_volume=moving, quality="fast",
-                                        output_inverse_transform=True)
+                                        harden_moving_volume=True, output_inverse_transform=True)
     logic = RegistrationLogic(scene)
     reports = []
     run = logic.start(parameters)
@@ -275,7 +275,9 @@ def test_registration_end_to_end_matches_simpleitk(scene, oblique_case, tmp_path
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(moving), moving_voxels)
     assert moving.GetParentTransformNode() is None
 
-    # hardening the moving volume under the result = SimpleITK resampling with the saved transform
+    # hardening the moving volume under the result = SimpleITK resampling with the saved transform,
+    # away from the moving volume's border (where toolkits differ on partial voxels)
+    inside_moving = to_sitk(moving_image.with_array(np.pad(np.ones(np.subtract(moving_image.array.shape, 4), np.float32), 2)))
     path = str(tmp_path / "result.h5")
     mrml.save_transform_to_world(outputs.transform.leaf, path)
     transform = sitk.ReadTransform(path)
@@ -286,14 +288,15 @@ def test_registration_end_to_end_matches_simpleitk(scene, oblique_case, tmp_path
     reference = to_sitk(Image(np.zeros(geometry.shape, np.float32), geometry))
     expected = sitk.GetArrayFromImage(sitk.Resample(to_sitk(moving_image), reference, transform, sitk.sitkLinear, 0.0))
     intensity_range = float(moving_image.array.max())
-    assert np.abs(slicer.util.arrayFromVolume(hardened) - expected).max() < 1e-4 * intensity_range
+    inside = sitk.GetArrayFromImage(sitk.Resample(inside_moving, reference, transform, sitk.sitkNearestNeighbor, 0.0)) > 0
+    assert inside.mean() > 0.5
+    assert np.abs(slicer.util.arrayFromVolume(hardened) - expected)[inside].max() < 1e-4 * intensity_range
 
     # the warped volume (computed by the backend) is that resampling on the fixed grid, away
     # from the moving volume's border (where toolkits differ on partial voxels)
     warped = mrml.image_from_volume_node(outputs.warped_volume)
     assert warped.geometry == fixed_image.geometry
     on_fixed = sitk.GetArrayFromImage(sitk.Resample(to_sitk(moving_image), to_sitk(fixed_image), transform, sitk.sitkLinear, 0.0))
-    inside_moving = to_sitk(moving_image.with_array(np.pad(np.ones(np.subtract(moving_image.array.shape, 4), np.float32), 2)))
     inside = sitk.GetArrayFromImage(sitk.Resample(inside_moving, to_sitk(fixed_image), transform, sitk.sitkNearestNeighbor, 0.0)) > 0
     assert inside.mean() > 0.5
     assert np.abs(warped.array - on_fixed)[inside].max() < 1e-3 * intensity_range
@@ -330,7 +333,8 @@ def test_a_learned_method_runs_from_the_logic_with_its_model(scene, oblique_case
     fixed = mrml.add_volume_node(scene, fixed_image, "T1 warped")
     moving = mrml.add_volume_node(scene, moving_image, "FLAIR")
     parameters = RegistrationParameters(fixed_volume=fixed, moving_volume=moving, method="midir",
-                                        model=str(model_path.with_suffix(".safetensors")), refine=5)
+                                        model=str(model_path.with_suffix(".safetensors")), refine=5,
+                                        harden_moving_volume=True)
     logic = RegistrationLogic(scene)
     outputs = run_to_end(logic.start(parameters))
     assert outputs.transform.leaf.GetAttribute("DeepMultiModalReg.Method") == "midir"
@@ -343,14 +347,22 @@ def test_a_learned_method_runs_from_the_logic_with_its_model(scene, oblique_case
 def test_rigid_transform_from_the_logic(scene, oblique_case):
     """The panel's Transform choice reaches the backend: a rigid result is one linear node whose
     matrix is a rotation (determinant 1, no scaling), and a learned method's refinement setting
-    is not passed with it (the refinement is deformable)."""
+    is not passed with it (the refinement is deformable).  The output transform chosen in the
+    panel is overwritten (no node is added) and the moving volume is left under it, its voxels
+    unchanged."""
     fixed_image, moving_image, _ = oblique_case
     fixed = mrml.add_volume_node(scene, fixed_image, "T1 warped")
     moving = mrml.add_volume_node(scene, moving_image, "FLAIR")
-    parameters = RegistrationParameters(fixed_volume=fixed, moving_volume=moving, quality="fast", transform="rigid")
+    chosen = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "my rigid")
+    moving_voxels, count = slicer.util.arrayFromVolume(moving).copy(), scene.GetNumberOfNodes()
+    parameters = RegistrationParameters(fixed_volume=fixed, moving_volume=moving, quality="fast", transform="rigid",
+                                        output_transform_node=chosen)
     outputs = run_to_end(RegistrationLogic(scene).start(parameters))
     leaf = outputs.transform.leaf
-    assert leaf.IsA("vtkMRMLLinearTransformNode") and json.loads(leaf.GetAttribute("DeepMultiModalReg.Settings"))["transform"] == "rigid"
+    assert leaf is chosen and leaf.GetName() == "my rigid" and scene.GetNumberOfNodes() == count
+    assert moving.GetParentTransformNode() is chosen and outputs.moved_volume is moving
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(moving), moving_voxels)
+    assert leaf.IsTransformToWorldLinear() and json.loads(leaf.GetAttribute("DeepMultiModalReg.Settings"))["transform"] == "rigid"
     matrix = slicer.util.arrayFromTransformMatrix(leaf)[:3, :3]
     assert abs(np.linalg.det(matrix) - 1) < 1e-6
     np.testing.assert_allclose(np.linalg.svd(matrix)[1], 1.0, atol=1e-6)
@@ -363,7 +375,8 @@ def test_run_logs_keeps_its_folder_and_refers_to_its_volumes(scene, oblique_case
     refer to the fixed and moving volumes; the panel's similarity reaches the backend."""
     import logging
 
-    from dmmreg.slicer.registration_logic import FIXED_ROLE, MOVING_ROLE, RUN_LOG
+    from dmmreg.slicer.registration_inputs import FIXED_ROLE, MOVING_ROLE
+    from dmmreg.slicer.registration_logic import RUN_LOG
 
     fixed_image, moving_image, _ = oblique_case
     fixed = mrml.add_volume_node(scene, fixed_image, "T1 warped")

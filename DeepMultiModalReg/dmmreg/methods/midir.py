@@ -32,6 +32,9 @@ Deviates:
 * Bundled models follow a curriculum (scripts/train_bundled_models.py): supervised by the known
   warps of synthetic-warp pairs, same- then cross-contrast, then the paper's NMI loss, as two CPU
   cores cannot afford the paper's order of 10^5 unsupervised updates.
+* ``network_inputs="mind"`` (not the paper's: its modality invariance comes from NMI alone) feeds
+  the network MIND-SSC descriptors instead of the images; in the campaign it did not learn faster
+  than intensities (benchmarks/README.md, "Learned methods against their targets").
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from .learned import (LearnedMethod, ModelConfig, Prediction, TrainingBatch, ind
     registration_function, warp_on_grid)
 
 SIMILARITIES = ("nmi", "lncc")
+NETWORK_INPUTS = ("intensity", "mind")
 
 
 @dataclass
@@ -69,7 +73,9 @@ class MidirConfig(ModelConfig):
     ``resize_channels``: the convolutions after the features are sampled at the control points
     (Figure B3's convolutions after its resize), before the output convolution;
     ``feature_level``: the U-net level the decoder stops at (None: the paper's
-    ``ceil(log2 delta)``; 0: full resolution); ``learning_rate``: Adam's."""
+    ``ceil(log2 delta)``; 0: full resolution); ``learning_rate``: Adam's; ``network_inputs``:
+    what the network sees, ``"intensity"`` (the paper's two images) or ``"mind"`` (each image's
+    MIND-SSC descriptors, :func:`network_input_channels`)."""
 
     control_spacing_voxels: int = 2
     similarity: str = "nmi"
@@ -83,6 +89,7 @@ class MidirConfig(ModelConfig):
     resize_channels: tuple[int, ...] = (32, 32)
     feature_level: int | None = None
     learning_rate: float = 1e-4
+    network_inputs: str = "intensity"
 
 
 class ControlPointVelocityNet(nn.Module):
@@ -104,12 +111,12 @@ class ControlPointVelocityNet(nn.Module):
     convolution more before the sampling than in the public code."""
 
     def __init__(self, dim: int, control_spacing: int, encoder: tuple[int, ...], decoder: tuple[int, ...],
-                 resize: tuple[int, ...], feature_level: int | None = None):
+                 resize: tuple[int, ...], feature_level: int | None = None, in_channels: int = 2):
         super().__init__()
         level = paper_feature_level(control_spacing) if feature_level is None else feature_level
         kept = tuple(decoder[: len(encoder) - 1 - level])
         features = kept[-1] if kept else encoder[-1]
-        self.unet = UNet(dim, 2, features, encoder=encoder, decoder=kept, output_level=level, flow_head=False)
+        self.unet = UNet(dim, in_channels, features, encoder=encoder, decoder=kept, output_level=level, flow_head=False)
         self.activation = make_activation("leaky_relu")
         inputs = (features, *resize[:-1])
         self.resize_convs = nn.Sequential(*(ConvBlock(dim, i, o) for i, o in zip(inputs, resize)))
@@ -117,12 +124,21 @@ class ControlPointVelocityNet(nn.Module):
         self.control_spacing = control_spacing
         self.feature_level = level
 
-    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, control_shape: tuple[int, ...]) -> torch.Tensor:
-        features = self.activation(self.unet(torch.cat([fixed, moving], dim=1)))
+    def forward(self, pair: torch.Tensor, control_shape: tuple[int, ...]) -> torch.Tensor:
+        """``pair``: the fixed image's input channels, then the moving image's."""
+        features = self.activation(self.unet(pair))
         cell = self.control_spacing / 2**self.feature_level  # control-point spacing in feature voxels
         positions = [(torch.arange(n, dtype=features.dtype, device=features.device) - 1) * cell for n in control_shape]
         smoothing = 2 * math.floor(cell / 2) + 1 if cell >= 2 else 1
         return self.head(self.resize_convs(sample_feature_points(features, positions, smoothing)))
+
+
+def network_input_channels(image: torch.Tensor, inputs: str) -> torch.Tensor:
+    """What the network sees of one image ``(B, 1, *shape)`` on the model grid: the image itself
+    (``"intensity"``, the paper's), or its MIND-SSC descriptors (``"mind"``, losses.mind_ssc with
+    patch radius 1 and dilation 1 model voxel: 12 channels in 3D, 4 in 2D), which look alike
+    across contrasts (Heinrich et al. 2012) and do not change under ``a I + b``."""
+    return losses.mind_ssc(image, radius=1, dilation=1) if inputs == "mind" else image
 
 
 def paper_feature_level(control_spacing: int) -> int:
@@ -155,10 +171,17 @@ class Midir(LearnedMethod):
                              f"got {config.feature_level}")
         if not config.resize_channels:
             raise InputError("resize_channels needs at least one convolution before the output convolution")
+        if config.network_inputs not in NETWORK_INPUTS:
+            raise InputError(f"network_inputs must be one of {NETWORK_INPUTS}, got {config.network_inputs!r}")
         if not 0 < config.nmi_sample_fraction <= 1:
             raise InputError(f"nmi_sample_fraction must be in (0, 1], got {config.nmi_sample_fraction}")
         self.network = ControlPointVelocityNet(config.dim, config.control_spacing_voxels, config.encoder_channels,
-                                               config.decoder_channels, config.resize_channels, config.feature_level)
+                                               config.decoder_channels, config.resize_channels, config.feature_level,
+                                               in_channels=2 * self.channels_per_image(config.dim))
+
+    def channels_per_image(self, dim: int) -> int:
+        """Network input channels per image: 1 for intensities, MIND-SSC's 12 (3D) or 4 (2D)."""
+        return 1 if self.config.network_inputs == "intensity" else (12 if dim == 3 else 4)
 
     def control_grid(self, geometry: Geometry) -> Geometry:
         """The B-spline control points for the model grid ``geometry``: ``delta`` voxels apart,
@@ -179,7 +202,9 @@ class Midir(LearnedMethod):
 
     def velocity(self, fixed: torch.Tensor, moving: torch.Tensor, geometry: Geometry) -> torch.Tensor:
         """The network's dense SVF ``v`` (mm) for ``fixed`` and ``moving`` on ``geometry``."""
-        coefficients = self.network(fixed, moving, self.control_grid(geometry).shape)
+        inputs = self.config.network_inputs
+        pair = torch.cat([network_input_channels(fixed, inputs), network_input_channels(moving, inputs)], dim=1)
+        coefficients = self.network(pair, self.control_grid(geometry).shape)
         return self.dense_velocity(coefficients, geometry)
 
     def predict(self, fixed: torch.Tensor, moving: torch.Tensor, geometry: Geometry) -> Prediction:

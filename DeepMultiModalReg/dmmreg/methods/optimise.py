@@ -21,9 +21,16 @@ The similarity is NMI with Gaussian Parzen windows (32 bins, 30 000 voxels drawn
 each step; eqs. 1-3) by default; LNCC and MIND-SSC can be chosen (they use the whole level image instead of samples).
 Fixed and moving masks restrict the similarity to the fixed mask and to points that map into
 the moving mask.  Without a fixed mask the samples come from the dilated foreground, background
-and scalp included: an automatic head mask (``dmmreg.image.head_mask``) in its place helped some
-raw clinical pairs and not others, and sent a skull-stripped 2D slice off, so it is not the
-default; pass one as ``fixed_mask`` (benchmarks/README.md, "Raw clinical visits").  Result: the resampling transform ``T(p) = A(p + u(p))`` and the inverse field.
+and scalp included, except on the rigid/affine stage's levels at or finer than
+``head_levels_mm`` (default 2 mm): there they come from the fixed image's head only
+(``dmmreg.image.head_mask``), weighted by ``dmmreg.image.head_weight`` (the scalp band's bright
+fat, whose edge the chemical shift moves differently in each series, down-weighted), as
+background noise and scalp pulled raw clinical series off the brain's alignment; the coarse
+levels keep the background (the head mask there sent a skull-stripped 2D slice off), and so
+does the deformable stage (benchmarks/README.md, "Raw clinical visits").  For the affine and
+deformable transforms that stage's NMI samples are also jittered across thick slices (a free
+scale otherwise fitted the interpolation between coinciding slices).  Result: the
+resampling transform ``T(p) = A(p + u(p))`` and the inverse field.
 """
 
 from __future__ import annotations
@@ -38,9 +45,10 @@ import torch
 
 from .. import losses, regularisers, spatial
 from . import check_transform
+from ..adam import Adam
 from ..errors import InputError
 from ..geometry import Geometry
-from ..image import Image, normalise_intensity
+from ..image import Image, head_weight, normalise_intensity
 from ..progress import ProgressCallback
 from ..result import RegistrationResult
 
@@ -53,7 +61,9 @@ class OptimiseSettings:
     # pyramids end at the image resolution: multi-modal NMI optima at coarse levels are biased
     # (e.g. T1's dark CSF merges with the background once smoothed), so the last level decides
     affine_levels_mm: tuple[float, ...] = (8.0, 4.0, 2.0, 1.0)
-    affine_iterations: tuple[int, ...] = (60, 30, 20, 10)
+    # 40 at 2 and 1 mm: with 20 and 10, Adam's last steps left raw thick-slice pairs 0.1-0.3 mm
+    # apart between sampling seeds (a flat pitch of the 3 mm slices)
+    affine_iterations: tuple[int, ...] = (60, 30, 40, 40)
     deformable_levels_mm: tuple[float, ...] = (4.0, 2.0, 1.0)
     deformable_iterations: tuple[int, ...] = (30, 20, 20)
     control_spacing_mm: float = 10.0
@@ -67,6 +77,15 @@ class OptimiseSettings:
     margin_mm: float = 10.0
     transform: str = "deformable"  # rigid | affine | deformable (dmmreg.methods.TRANSFORMS)
     seed: int = 0
+    # rigid/affine levels at or finer than this (mm) sample the fixed head only, the outer
+    # scalp_band_mm weighted from scalp_floor up to 1 (dmmreg.image.head_weight); 0: never
+    head_levels_mm: float = 2.0
+    scalp_band_mm: float = 10.0
+    scalp_floor: float = 0.1
+    # affine stage of the affine and deformable transforms: NMI samples jittered across thick
+    # slices (_Similarity); without it a free scale fitted the interpolation between slices
+    # (a raw T1 to FLAIR pair shrank 1.5 % along the slices); rigid is better without it
+    thick_slice_jitter: bool = True
 
 
 QUALITY_PRESETS = {
@@ -134,6 +153,26 @@ def _make_levels(fixed_t, fixed: Image, fixed_mask_t, moving_t, moving: Image, s
     return levels
 
 
+def _head_weighted(levels: dict[float, _Level], settings: OptimiseSettings) -> dict[float, _Level]:
+    """``levels`` with those at or finer than ``settings.head_levels_mm`` sampling only the fixed
+    image's head, each point weighted by :func:`dmmreg.image.head_weight` (computed on the finest
+    level, resampled linearly to the others); the other levels are returned as they are."""
+    chosen = [spacing for spacing in levels if spacing <= settings.head_levels_mm]
+    if not chosen:
+        return levels
+    finest = levels[min(chosen)]
+    weight = _tensor(head_weight(finest.fixed[0, 0].cpu().numpy(), finest.fixed_geometry.spacing, settings.scalp_band_mm,
+                                 settings.scalp_floor), finest.fixed.device)
+    weighted = dict(levels)
+    for spacing in chosen:
+        lv = levels[spacing]
+        w = spatial.resample_image(weight, finest.fixed_geometry, lv.fixed_geometry).reshape(-1)
+        keep = w >= settings.scalp_floor / 2  # the head mask, its edge as resampled
+        points = spatial.grid_points(lv.fixed_geometry, device=lv.fixed.device).reshape(-1, lv.fixed_geometry.dim)
+        weighted[spacing] = replace(lv, points=points[keep], values=lv.fixed.reshape(-1)[keep], point_weights=w[keep])
+    return weighted
+
+
 def _foreground(image: torch.Tensor, radius: int, threshold: float = 0.02) -> torch.Tensor:
     """Voxels brighter than ``threshold`` (normalised intensity), dilated by ``radius`` voxels
     (separable max filter) so the object's boundary and a band of background stay in."""
@@ -150,10 +189,18 @@ def _foreground(image: torch.Tensor, radius: int, threshold: float = 0.02) -> to
 class _Similarity:
     """Similarity of the fixed level image and the moving one seen through a transform."""
 
-    def __init__(self, kind: str, level: _Level, samples: int, bins: int, generator: torch.Generator):
+    def __init__(self, kind: str, level: _Level, samples: int, bins: int, generator: torch.Generator,
+                 thick_slice_jitter: bool = False):
+        """``thick_slice_jitter``: NMI samples move to a uniformly random point of their voxel
+        along the axes whose spacing is over 1.5 times the level's finest (thick slices), the
+        fixed intensity interpolated there, so no sample sits on a slice centre."""
         if kind not in ("nmi", "lncc", "mind"):
             raise InputError(f"unknown similarity {kind!r}; choose nmi, lncc or mind")
         self.kind, self.level, self.samples, self.bins, self.generator = kind, level, samples, bins, generator
+        spacing = np.asarray(level.fixed_geometry.spacing, dtype=np.float64)
+        thick = spacing * (spacing > 1.5 * spacing.min())  # mm per axis (x, y, z), 0 where not thick
+        self.jitter_mm = torch.as_tensor(np.asarray(level.fixed_geometry.direction) * thick, dtype=torch.float32,
+                                         device=level.points.device) if thick_slice_jitter and thick.any() else None
 
     def __call__(self, mapping: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``mapping`` takes fixed points ``(1, ..., dim)`` to moving points; returns the loss."""
@@ -161,10 +208,16 @@ class _Similarity:
         if self.kind == "nmi":
             n = lv.points.shape[0]
             if n > self.samples:
-                idx = torch.randint(n, (self.samples,), generator=self.generator, device="cpu").to(lv.points.device)
+                # sorted: neighbouring samples read neighbouring memory of the images (cache hits)
+                idx = torch.randint(n, (self.samples,), generator=self.generator, device="cpu").sort().values.to(lv.points.device)
                 pts, vals, wts = lv.points[idx], lv.values[idx], lv.point_weights[idx]
             else:
                 pts, vals, wts = lv.points, lv.values, lv.point_weights
+            if self.jitter_mm is not None:
+                offset = torch.rand(pts.shape[0], pts.shape[1], generator=self.generator).to(pts.device) - 0.5
+                pts = pts + offset @ self.jitter_mm.T  # direction @ diag(thick spacing) @ offset, mm
+                vals = spatial.sample(lv.fixed, lv.fixed_geometry, pts[None]).reshape(-1)
+                wts = wts * spatial.inside_weight(pts[None], lv.fixed_geometry)[0]  # past the end slices: less
             moved, inside = self._moving_at(mapping(pts[None]))
             return -losses.normalised_mutual_information(vals[None], moved.reshape(1, -1), wts[None] * inside.reshape(1, -1), self.bins)[0]
         pts = spatial.grid_points(lv.fixed_geometry, device=lv.fixed.device)[None]
@@ -257,10 +310,13 @@ def register_optimise(
     deformable = settings.transform == "deformable"
     total_steps = sum(settings.affine_iterations) + (sum(settings.deformable_iterations) if deformable else 0)
     done = 0
+    affine_levels = levels if fixed_mask is not None else _head_weighted(
+        {spacing: levels[spacing] for spacing in settings.affine_levels_mm}, settings)
     for spacing, iterations in zip(settings.affine_levels_mm, settings.affine_iterations):
-        similarity = _Similarity(settings.similarity, levels[spacing], settings.samples, settings.bins, generator)
+        similarity = _Similarity(settings.similarity, affine_levels[spacing], settings.samples, settings.bins, generator,
+                                 thick_slice_jitter=settings.thick_slice_jitter and not rigid)
         base = [AFFINE_LEARNING_RATES[name] * spacing for name in params]
-        optimiser = torch.optim.Adam([{"params": [value], "lr": lr} for value, lr in zip(params.values(), base)])
+        optimiser = Adam([{"params": [value], "lr": lr} for value, lr in zip(params.values(), base)])
         for step in range(iterations):
             _cosine_lr(optimiser, base, step, iterations)
             optimiser.zero_grad()
@@ -310,7 +366,7 @@ def _deformable_stage(result, levels, settings, affine, generator, report, done,
     def through_base(q: torch.Tensor) -> torch.Tensor:
         return q if base is None else q + spatial.field_at(base[1], base[0], q)
 
-    optimiser = torch.optim.Adam([coefficients], lr=0.0)
+    optimiser = Adam([{"params": [coefficients], "lr": 0.0}])
     for spacing, iterations in zip(settings.deformable_levels_mm, settings.deformable_iterations):
         similarity = _Similarity(settings.similarity, levels[spacing], settings.samples, settings.bins, generator)
         lr = [0.05 * settings.control_spacing_mm]

@@ -27,11 +27,19 @@ from ..methods import DEFAULT_REFINE_ITERATIONS, LEARNED_METHODS, check_model_op
 QUALITIES = ("fast", "balanced", "accurate")
 #: Similarity measures of the optimise method (``dmmreg register --similarity``).
 SIMILARITIES = ("nmi", "lncc", "mind")
+#: Node reference roles on result transform nodes: the registration's fixed and moving volumes.
+FIXED_ROLE, MOVING_ROLE = "Fixed", "Moving"
 
 
 @dataclass
 class RegistrationParameters:
-    """Everything a registration needs; the module's parameter node holds the same fields."""
+    """Everything a registration needs; the module's parameter node holds the same fields.
+
+    Outputs of a pair registration (a sequence always gives new sequences): the forward
+    transform goes into ``output_transform_node`` when one is chosen (overwritten, nothing else
+    is), else into new nodes; the moving volume is left under it (its voxels unchanged) or, with
+    ``harden_moving_volume``, resampled on the fixed grid into ``output_volume_node`` (or a new
+    volume), the moving volume left as it was."""
 
     fixed_volume: object = None
     moving_volume: object = None
@@ -45,8 +53,10 @@ class RegistrationParameters:
     transform: str = "deformable"  # rigid | affine | deformable (dmmreg.methods.TRANSFORMS)
     refine: int = DEFAULT_REFINE_ITERATIONS
     output_transform: bool = True
+    output_transform_node: object = None  # a transform node to overwrite; None: new nodes
     composed_transform: bool = False
-    output_warped_volume: bool = True
+    harden_moving_volume: bool = False  # False: the moving volume is left under the result transform
+    output_volume_node: object = None  # a scalar volume node for the hardened volume; None: a new one
     output_inverse_transform: bool = False
     similarity: str = "nmi"  # SIMILARITIES: the optimise method's measure
     keep_temporary_files: bool = False  # keep the background run's folder and its log (for a bug report)
@@ -149,6 +159,67 @@ def check_settings(parameters: RegistrationParameters) -> None:
         raise InputError(f"similarity must be one of {', '.join(SIMILARITIES)}, not '{parameters.similarity}'")
 
 
+def transforms_over(node) -> list:
+    """The transform nodes ``node`` is under, nearest first."""
+    chain, parent = [], node.GetParentTransformNode()
+    while parent is not None:
+        chain.append(parent)
+        parent = parent.GetParentTransformNode()
+    return chain
+
+
+def is_earlier_result_over(transform_node, moving_volume) -> bool:
+    """Whether ``transform_node`` is a forward result of an earlier registration of
+    ``moving_volume`` (which left the moving volume under it)."""
+    role = transform_node.GetAttribute(mrml.ATTRIBUTE_PREFIX + "Role") or ""
+    return role.startswith("forward") and transform_node.GetNodeReference(MOVING_ROLE) is moving_volume
+
+
+def moving_volume_parent(parameters: RegistrationParameters):
+    """The transform node the moving volume counts as placed under in this registration
+    (``None``: none): its parent transform, leaving out from below the transforms the run
+    replaces, i.e. the chosen output transform and earlier results over the moving volume (so a
+    second run registers the moving volume, not the first run's answer)."""
+    p = parameters
+    for node in transforms_over(p.moving_volume):
+        replaced = p.output_transform and node is p.output_transform_node
+        if not (replaced or is_earlier_result_over(node, p.moving_volume)):
+            return node
+    return None
+
+
+def check_outputs(parameters: RegistrationParameters) -> None:
+    """``InputError`` for output choices that cannot be honoured or would change an input: the
+    moving volume left under no transform, a deformable result into a linear transform node, an
+    output transform that is (or is above) an input, an input volume as output volume, or a
+    moving volume under another transform that leaving it under the result would drop."""
+    p = parameters
+    if not (p.output_transform or p.harden_moving_volume):
+        raise InputError("the moving volume is left under the result transform, so keep the transform output "
+                         "(or harden the moving volume into an output volume)")
+    chosen = p.output_transform_node if p.output_transform else None
+    if chosen is not None:
+        name = chosen.GetName()
+        if chosen.IsA("vtkMRMLLinearTransformNode") and p.transform == "deformable":
+            raise InputError(f"the output transform '{name}' is a linear transform node but the deformable "
+                             "transform is not linear; choose another transform node or create a new one")
+        for what, node in (("initial transform", p.initial_transform), ("fixed volume", p.fixed_volume),
+                           ("fixed mask", p.fixed_mask), ("moving mask", p.moving_mask)):
+            if node is not None and (node is chosen or chosen in transforms_over(node)):
+                raise InputError(f"the output transform '{name}' is or moves the {what} '{node.GetName()}', which "
+                                 "must not change; choose another transform node or create a new one")
+    if p.harden_moving_volume:
+        if p.output_volume_node is not None and p.output_volume_node in (p.fixed_volume, p.moving_volume):
+            raise InputError(f"the output volume '{p.output_volume_node.GetName()}' is an input volume, which must "
+                             "not change; choose another volume or create a new one")
+        return
+    other = moving_volume_parent(p)
+    if other is not None:
+        raise InputError(f"the moving volume '{p.moving_volume.GetName()}' is under the transform '{other.GetName()}', "
+                         "which leaving it under the result would drop; harden that transform first, or harden the "
+                         "moving volume into an output volume")
+
+
 def check_parameters(parameters: RegistrationParameters) -> PairInputs:
     """Read and check the input nodes; ``InputError`` names the problem and changes nothing."""
     p = parameters
@@ -157,10 +228,9 @@ def check_parameters(parameters: RegistrationParameters) -> PairInputs:
     if p.fixed_volume is p.moving_volume:
         raise InputError("the fixed and moving volumes are the same node; select two volumes")
     check_settings(p)
-    if not (p.output_transform or p.output_warped_volume or p.output_inverse_transform):
-        raise InputError("choose at least one output (transform, warped volume or inverse transform)")
+    check_outputs(p)
     fixed = mrml.image_from_volume_node(p.fixed_volume, "fixed volume")
-    moving = mrml.image_from_volume_node(p.moving_volume, "moving volume")
+    moving = mrml.image_from_volume_node(p.moving_volume, "moving volume", moving_volume_parent(p))
     inputs = check_pair(fixed, moving, p.fixed_volume.GetName(), p.moving_volume.GetName(),
                         initial_affine_of(p.initial_transform))
     inputs.fixed_mask = _checked_mask(p.fixed_mask, p.fixed_volume, "fixed mask", inputs.fixed_plane)

@@ -6,7 +6,9 @@ MRML nodes out.  Works on a slicer-core scene without Qt; the module's widget on
   starts the backend in a separate process (:mod:`dmmreg.slicer.background`); it returns a run
   whose ``poll()`` never blocks (a GUI calls it on a timer).
 * Nodes are added to the scene only in ``finish()``, after the process succeeded, so a
-  cancelled or failed run leaves the scene as it was.  Input nodes are never modified.
+  cancelled or failed run leaves the scene as it was (:mod:`dmmreg.slicer.registration_outputs`:
+  new nodes or the chosen ones overwritten; the moving volume left under the result transform
+  or hardened into an output volume).  Input voxels are never modified.
 * Sequences (4D): every frame is registered to a reference frame or a fixed volume in one
   background process (``dmmreg register-sequence``), giving a transform sequence, a warped
   sequence and a browser node.
@@ -16,12 +18,10 @@ Needs slicer-core; torch only runs in the background process.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from . import mrml
 from .background import BackgroundJobRun, Progress, start_backend
 from .registration_inputs import (PairInputs, RegistrationParameters, check_pair, check_parameters,
     check_settings, initial_affine_of)
+from .registration_outputs import RegistrationOutputs, add_output_nodes, describe
 from ..errors import InputError
 from ..image import Image
 from ..image_io import read_image, write_image
@@ -36,8 +37,6 @@ from ..image_io import read_image, write_image
 
 #: Slicer shows Python logging in its Error Log (and the application log file).
 logger = logging.getLogger("DeepMultiModalReg")
-#: Node reference roles on result transform nodes: the registration's fixed and moving volumes.
-FIXED_ROLE, MOVING_ROLE = "Fixed", "Moving"
 #: The log a run keeps in its folder with ``keep_temporary_files``.
 RUN_LOG = "run.log"
 
@@ -84,7 +83,7 @@ class RegistrationJob:
             args += ["--model", p.model]
         if p.refines:
             args += ["--refine", str(p.refine)]
-        if p.output_warped_volume:
+        if p.harden_moving_volume:
             args += ["--output-volume", path["warped.nii.gz"]]
         if p.output_inverse_transform:
             args += ["--output-inverse-transform", path["inverse.h5"]]
@@ -138,7 +137,7 @@ class RegistrationJob:
         inverse_path = self.paths["inverse.h5"] if self.parameters.output_inverse_transform else None
         result = read_result(self.paths["transform.h5"], inputs.fixed.geometry, inputs.moving.geometry, inverse_path)
         result.method = self.parameters.method
-        warped = read_image(self.paths["warped.nii.gz"]) if self.parameters.output_warped_volume else None
+        warped = read_image(self.paths["warped.nii.gz"]) if self.parameters.harden_moving_volume else None
         if inputs.fixed_plane is not None:
             result = mrml.result_on_planes(result, inputs.fixed_plane, inputs.moving_plane,
                                            inputs.fixed_geometry_3d, inputs.moving_geometry_3d)
@@ -165,19 +164,6 @@ class RegistrationJob:
 
 # --------------------------------------------------------------------------------------------
 # Runs: progress while working, nodes at the end
-
-
-@dataclass
-class RegistrationOutputs:
-    """Nodes a finished registration added to the scene."""
-
-    transform: mrml.TransformNodes | None = None
-    warped_volume: object = None
-    inverse_transform: mrml.TransformNodes | None = None
-    transform_sequence: object = None
-    warped_sequence: object = None
-    browser: object = None
-    nodes: list = field(default_factory=list)
 
 
 def job_outputs(run):
@@ -228,45 +214,6 @@ class RegistrationRun(BackgroundJobRun):
 
     def _add_nodes(self, result, warped: Image | None):
         return add_output_nodes(self.scene, self.parameters, result, warped)
-
-
-def describe(parameters: RegistrationParameters, fixed_name: str, moving_name: str) -> mrml.ResultDescription:
-    return mrml.ResultDescription(
-        method=parameters.method, model=parameters.model, settings=parameters.settings(),
-        fixed=fixed_name, moving=moving_name,
-        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    )
-
-
-def add_output_nodes(scene, parameters: RegistrationParameters, result, warped: Image | None) -> RegistrationOutputs:
-    """Result nodes named after the moving volume and the method, with descriptive attributes."""
-    moving_name = parameters.moving_volume.GetName()
-    description = describe(parameters, parameters.fixed_volume.GetName(), moving_name)
-    name = f"{moving_name} to {parameters.fixed_volume.GetName()} ({parameters.method})"
-    outputs = RegistrationOutputs()
-    if parameters.output_transform:
-        outputs.transform = mrml.add_result_transform_nodes(scene, result, name, description, parameters.composed_transform)
-        outputs.nodes += outputs.transform.nodes
-        set_volume_references(outputs.transform.nodes, parameters)
-    if parameters.output_inverse_transform:
-        outputs.inverse_transform = mrml.add_result_transform_nodes(
-            scene, result, name, description, parameters.composed_transform, inverse=True)
-        outputs.nodes += outputs.inverse_transform.nodes
-        set_volume_references(outputs.inverse_transform.nodes, parameters)
-    if warped is not None:
-        outputs.warped_volume = mrml.add_volume_node(scene, warped.with_array(warped.array.astype(np.float32)), f"{name} warped")
-        mrml.set_attributes(outputs.warped_volume, description.attributes("warped volume"))
-        outputs.nodes.append(outputs.warped_volume)
-    logger.info("registration finished: %s", ", ".join(node.GetName() for node in outputs.nodes))
-    return outputs
-
-
-def set_volume_references(nodes, parameters: RegistrationParameters) -> None:
-    """Each result transform node refers to the registration's fixed and moving volumes
-    (roles :data:`FIXED_ROLE`, :data:`MOVING_ROLE`), as Slicer's registration modules do."""
-    for node in nodes:
-        node.SetNodeReferenceID(FIXED_ROLE, parameters.fixed_volume.GetID())
-        node.SetNodeReferenceID(MOVING_ROLE, parameters.moving_volume.GetID())
 
 
 class RegistrationLogic:
@@ -372,7 +319,7 @@ class SequenceRegistrationRun(BackgroundJobRun):
         p = self.parameters
         return RegistrationParameters(method=p.method, model=p.model, device=p.device, quality=p.quality,
                                       transform=p.transform, refine=p.refine, output_transform=True,
-                                      output_warped_volume=True, similarity=p.similarity,
+                                      harden_moving_volume=True, similarity=p.similarity,
                                       keep_temporary_files=p.keep_temporary_files)
 
     @property

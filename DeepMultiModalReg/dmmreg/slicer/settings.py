@@ -46,3 +46,10 @@ def user_models_folder_source() -> str:
     if os.environ.get("DMMREG_MODELS"):
         return "environment"
     return "settings" if model_io.user_models_folder() != model_io.default_user_models_folder() else "default"
+
+
+def models_folder_field() -> tuple[str, bool]:
+    """What the modules' models-folder field shows: the folder in use and whether it can be
+    changed there (not while ``DMMREG_MODELS`` sets it); a change is saved with
+    :func:`save_user_models_folder`."""
+    return str(model_io.user_models_folder()), user_models_folder_source() != "environment"

@@ -62,7 +62,7 @@ class SynthesisParameters:
         backend) and warped volume (the real image of the moving contrast on the fixed grid)."""
         return RegistrationParameters(fixed_volume=self.fixed_volume, moving_volume=self.moving_volume,
                                       method=self.method, model=self.model, device=self.device, quality="fast",
-                                      output_transform=True, output_warped_volume=True)
+                                      output_transform=True, harden_moving_volume=True)
 
 
 def check_parameters(parameters: SynthesisParameters):

@@ -5,6 +5,7 @@
 :class:`RunControls` drives a logic's background run from the panel (a timer polls it, the
 start button becomes Cancel, a progress bar and status label follow it); :class:`DeviceChoice`
 and :class:`MethodModelChoice` fill the device, method and model choosers from the backend;
+:class:`ModelsFolderChoice` binds the models-folder field to the saved setting;
 :func:`select_by_data` shows a parameter's value in such a chooser; :func:`ensure_torch`
 installs PyTorch and the backend's other requirements on first use.
 Qt (``qt``) and ``slicer`` are imported inside the functions, which run only in Slicer.
@@ -302,6 +303,33 @@ class MethodModelChoice:
     def onModelChanged(self, index=None) -> None:
         if self._parameterNode:
             self._parameterNode.model = self.ui.modelComboBox.currentData or ""
+
+
+class ModelsFolderChoice:
+    """Mix into a module widget with ``ui.modelsFolderPathLineEdit`` (a ``ctkPathLineEdit``): the
+    user models folder, one setting for every module (:mod:`dmmreg.slicer.settings`: saved in
+    Slicer's settings, ``DMMREG_MODELS`` wins and then the field is read-only).  ``setup`` calls
+    :meth:`_setupModelsFolder`; the widget lists its models again in ``_modelsFolderChanged()``."""
+
+    def _setupModelsFolder(self) -> None:
+        import ctk
+
+        from .settings import models_folder_field
+
+        folder, editable = models_folder_field()
+        self.ui.modelsFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.modelsFolderPathLineEdit.currentPath = folder
+        self.ui.modelsFolderPathLineEdit.enabled = editable
+        self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelsFolderChanged)
+
+    def onModelsFolderChanged(self, path) -> None:
+        from .settings import save_user_models_folder
+
+        save_user_models_folder(path)
+        self._modelsFolderChanged()
+
+    def _modelsFolderChanged(self) -> None:
+        """The models folder changed: list the models again (nothing by default)."""
 
 
 def ensure_torch() -> bool:

@@ -22,14 +22,15 @@ Needs slicer-core (``slicer``, ``vtk``) and numpy; never torch.  Input nodes are
 from .coordinates import (FLIP, LPS_FROM_RAS, homogeneous_3d, lps_matrix_from_ras, numpy_matrix,
                           ras_matrix_from_lps, transform_points_lps, transform_points_ras, vtk_matrix)
 from .planes import Plane, geometry_on_plane, image_on_plane, is_single_slice, result_on_planes, split_plane
-from .result_nodes import ResultDescription, TransformNodes, add_result_transform_nodes
+from .result_nodes import (ResultDescription, TransformNodes, add_result_transform_nodes, result_transform,
+                           write_result_transform)
 from .scene import ATTRIBUTE_PREFIX, scene_additions_removed, set_attributes
 from .tables import add_plot_chart, add_table_node, table_columns
 from .transforms import (add_grid_transform_node, add_linear_transform_node, grid_transform_from_field,
                          linear_transform_from_parent, read_transform_node, resampling_matrix_lps,
                          sampled_displacement_lps, save_transform_to_world)
 from .volumes import (add_volume_node, geometry_from_ijk_to_ras, geometry_from_volume_node, ijk_to_world_ras,
-                      image_from_volume_node, mask_from_node, voxel_array)
+                      image_from_volume_node, mask_from_node, set_volume_image, voxel_array)
 
 __all__ = [
     "ATTRIBUTE_PREFIX", "FLIP", "LPS_FROM_RAS", "Plane", "ResultDescription", "TransformNodes",
@@ -38,7 +39,7 @@ __all__ = [
     "geometry_on_plane", "grid_transform_from_field", "homogeneous_3d", "ijk_to_world_ras",
     "image_from_volume_node", "image_on_plane", "is_single_slice", "linear_transform_from_parent",
     "lps_matrix_from_ras", "mask_from_node", "numpy_matrix", "ras_matrix_from_lps", "read_transform_node",
-    "resampling_matrix_lps", "result_on_planes", "sampled_displacement_lps", "save_transform_to_world",
-    "scene_additions_removed", "set_attributes", "split_plane", "table_columns", "transform_points_lps",
-    "transform_points_ras", "vtk_matrix", "voxel_array",
+    "resampling_matrix_lps", "result_on_planes", "result_transform", "sampled_displacement_lps",
+    "save_transform_to_world", "scene_additions_removed", "set_attributes", "set_volume_image", "split_plane",
+    "table_columns", "transform_points_lps", "transform_points_ras", "vtk_matrix", "voxel_array", "write_result_transform",
 ]

@@ -5,7 +5,8 @@ The geometry of a volume node is its IJK-to-RAS matrix followed by its parent tr
 :data:`~.coordinates.LPS_FROM_RAS`); spacing in mm.  Voxel arrays are in (k, j, i) order, as
 the backend's :class:`~dmmreg.image.Image` holds them.
 
-Needs slicer-core (``slicer``, ``vtk``) and numpy; never torch.  Input nodes are never modified.
+Needs slicer-core (``slicer``, ``vtk``) and numpy; never torch.  Input nodes are never modified
+(:func:`set_volume_image` writes an output node).
 """
 
 from __future__ import annotations
@@ -19,16 +20,23 @@ from .coordinates import LPS_FROM_RAS, homogeneous_3d, numpy_matrix, vtk_matrix
 from .scene import scene_additions_removed
 
 
-def ijk_to_world_ras(volume_node) -> np.ndarray:
+#: Default of the ``parent`` arguments below: the volume node's own parent transform node.
+OWN_PARENT = "own parent"
+
+
+def ijk_to_world_ras(volume_node, parent=OWN_PARENT) -> np.ndarray:
     """4x4 matrix from voxel index (i, j, k) to world RAS: IJK-to-RAS, then the parent transforms.
 
-    Raises ``InputError`` when a parent transform is non-linear (harden it first)."""
+    ``parent``: the transform node the volume counts as placed under (``None``: none), by
+    default its own parent transform node.  Raises ``InputError`` when a parent transform is
+    non-linear (harden it first)."""
     import vtk
 
     ijk_to_ras = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(ijk_to_ras)
     matrix = numpy_matrix(ijk_to_ras)
-    parent = volume_node.GetParentTransformNode()
+    if parent is OWN_PARENT:
+        parent = volume_node.GetParentTransformNode()
     if parent is not None:
         if not parent.IsTransformToWorldLinear():
             raise InputError(
@@ -49,12 +57,13 @@ def geometry_from_ijk_to_ras(ijk_to_ras: np.ndarray, dimensions) -> Geometry:
     return Geometry(tuple(int(d) for d in dimensions), tuple(spacing), tuple(ijk_to_lps[:3, 3]), axes / spacing)
 
 
-def geometry_from_volume_node(volume_node) -> Geometry:
-    """Backend geometry (LPS) of a volume node, as displayed (parent transforms included)."""
+def geometry_from_volume_node(volume_node, parent=OWN_PARENT) -> Geometry:
+    """Backend geometry (LPS) of a volume node, as displayed (parent transforms included;
+    ``parent`` as in :func:`ijk_to_world_ras`)."""
     image_data = volume_node.GetImageData()
     if image_data is None:
         raise InputError(f"'{volume_node.GetName()}' has no voxels")
-    return geometry_from_ijk_to_ras(ijk_to_world_ras(volume_node), image_data.GetDimensions())
+    return geometry_from_ijk_to_ras(ijk_to_world_ras(volume_node, parent), image_data.GetDimensions())
 
 
 def voxel_array(volume_node) -> np.ndarray:
@@ -77,8 +86,9 @@ def voxel_array(volume_node) -> np.ndarray:
     return numpy_support.vtk_to_numpy(scalars).reshape(shape).copy()
 
 
-def image_from_volume_node(volume_node, what: str = "volume") -> Image:
-    """A scalar volume node as a backend :class:`Image` (LPS geometry as displayed).
+def image_from_volume_node(volume_node, what: str = "volume", parent=OWN_PARENT) -> Image:
+    """A scalar volume node as a backend :class:`Image` (LPS geometry as displayed; ``parent``
+    as in :func:`ijk_to_world_ras`).
 
     Raises ``InputError`` for a labelmap, a vector/colour volume or a volume without voxels."""
     if volume_node is None:
@@ -90,7 +100,7 @@ def image_from_volume_node(volume_node, what: str = "volume") -> Image:
         )
     if not volume_node.IsA("vtkMRMLScalarVolumeNode"):
         raise InputError(f"the {what} '{volume_node.GetName()}' is a {volume_node.GetClassName()}, not a scalar volume")
-    return Image(voxel_array(volume_node), geometry_from_volume_node(volume_node))
+    return Image(voxel_array(volume_node), geometry_from_volume_node(volume_node, parent))
 
 
 def mask_from_node(mask_node, reference_volume_node, what: str = "mask") -> Image:
@@ -126,6 +136,16 @@ def add_volume_node(scene, image: Image, name: str, labelmap: bool = False):
     """New scalar (or labelmap) volume node in ``scene`` holding ``image`` at its geometry.
 
     A 2D image becomes a single-slice volume in the plane its geometry describes."""
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode", name)
+    set_volume_image(node, image)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def set_volume_image(volume_node, image: Image) -> None:
+    """Replace the voxels and the geometry (IJK-to-RAS) of ``volume_node`` with ``image``'s; a
+    2D image becomes a single slice in the plane its geometry describes.  Its parent transform
+    is left as it is."""
     from vtk.util import numpy_support
     import vtk
 
@@ -136,8 +156,5 @@ def add_volume_node(scene, image: Image, name: str, labelmap: bool = False):
     image_data.SetDimensions(*reversed(array.shape))
     vtk_array = numpy_support.numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True)
     image_data.GetPointData().SetScalars(vtk_array)
-    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode", name)
-    node.SetIJKToRASMatrix(vtk_matrix(LPS_FROM_RAS @ ijk_to_lps))
-    node.SetAndObserveImageData(image_data)
-    node.CreateDefaultDisplayNodes()
-    return node
+    volume_node.SetIJKToRASMatrix(vtk_matrix(LPS_FROM_RAS @ ijk_to_lps))
+    volume_node.SetAndObserveImageData(image_data)
