@@ -42,7 +42,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from benchmark_registration import ANTS_WORKER, DEFAULT_ANTS_PYTHON, results_file, run_measured, write_lines
+from benchmark_registration import ANTS_WORKER, DEFAULT_ANTS_PYTHON, ELASTIX_WORKER, results_file, run_measured, write_lines
 from dmmreg.image import Image, head_mask
 from dmmreg.image_io import read_image
 from dmmreg.result import RegistrationResult
@@ -50,7 +50,6 @@ from dmmreg.transform_io import read_result
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "brain-clinical-raw"
-ELASTIX_WORKER = Path(__file__).resolve().parent / "elastix_worker.py"
 CONTRASTS = ("T1W", "T2W")
 OURS = {"ours-rigid": "rigid", "ours-affine": "affine", "ours-default": "deformable"}
 ANTS = {"ants-rigid": "Rigid", "ants-affine": "Affine"}

@@ -141,6 +141,12 @@ def network_input_channels(image: torch.Tensor, inputs: str) -> torch.Tensor:
     return losses.mind_ssc(image, radius=1, dilation=1) if inputs == "mind" else image
 
 
+def input_channels_per_image(config: MidirConfig) -> int:
+    """Channels :func:`network_input_channels` gives per image: 1 for intensities, MIND-SSC's 12
+    (3D) or 4 (2D)."""
+    return 1 if config.network_inputs == "intensity" else (12 if config.dim == 3 else 4)
+
+
 def paper_feature_level(control_spacing: int) -> int:
     """The U-net level MIDIR's decoder stops at (sec. 3.2.2): ``ceil(log2 delta)``."""
     return math.ceil(math.log2(control_spacing))
@@ -177,11 +183,7 @@ class Midir(LearnedMethod):
             raise InputError(f"nmi_sample_fraction must be in (0, 1], got {config.nmi_sample_fraction}")
         self.network = ControlPointVelocityNet(config.dim, config.control_spacing_voxels, config.encoder_channels,
                                                config.decoder_channels, config.resize_channels, config.feature_level,
-                                               in_channels=2 * self.channels_per_image(config.dim))
-
-    def channels_per_image(self, dim: int) -> int:
-        """Network input channels per image: 1 for intensities, MIND-SSC's 12 (3D) or 4 (2D)."""
-        return 1 if self.config.network_inputs == "intensity" else (12 if dim == 3 else 4)
+                                               in_channels=2 * input_channels_per_image(config))
 
     def control_grid(self, geometry: Geometry) -> Geometry:
         """The B-spline control points for the model grid ``geometry``: ``delta`` voxels apart,
