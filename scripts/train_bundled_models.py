@@ -64,8 +64,9 @@ class Phase:
     """One step of a curriculum: a training job from the previous phase's model.  ``data``: the
     cohorts (``multicontrast``, ``ixi``); ``pairs``: allowed ``[fixed, moving]`` contrasts (each
     subject uses those it has); ``loss``: ``known-warp`` or ``paper``; ``steps``: updates;
-    ``registration_cases``: choose the phase's best weights by the whole registration of that
-    many held-out cases (0: by the held-out model-grid pairs: early phases learn on pairs long
+    ``stages``: the method's training stages to run (None: all of them, or its fine-tuning
+    stages after the first phase), ``steps`` updates each; ``registration_cases``: choose the
+    phase's best weights by the whole registration of that many held-out cases (0: by the held-out model-grid pairs: early phases learn on pairs long
     before their registrations improve, and choosing by registration would keep the untrained
     weights)."""
 
@@ -77,6 +78,7 @@ class Phase:
     epoch_steps: int = 250
     learning_rate: float = 1e-3
     decay: int | None = None
+    stages: tuple[str, ...] | None = None
     registration_cases: int = 0
 
 
@@ -89,6 +91,23 @@ class Curriculum:
     clip: float = 1.0
 
 
+def curriculum_phases(same: int, cross: int, fine: int, own: int, first_stages: tuple[str, ...] | None = None,
+                      own_stages: tuple[str, ...] | None = None) -> list[Phase]:
+    """The four phases every curriculum runs, with its updates per stage: same-contrast pairs, then
+    cross-contrast and synthetic-contrast pairs, supervised by their known warps (Adam 1e-3); the
+    cross-contrast pairs again at a tenth of the rate, the weights chosen by the whole
+    registration of four held-out cases (MIDIR's training error was flat near 3.2 mm from update
+    3000 at 1e-3); then the method's own loss at 1e-4.  ``first_stages`` / ``own_stages``: the
+    method's stages of the first and the last phase (None: :func:`phase_stages`' default)."""
+    data, pairs = ("multicontrast", "ixi"), CROSS_CONTRAST + SYNTHETIC
+    return [
+        Phase("same-contrast", "known-warp", data, SAME_CONTRAST, steps=same, stages=first_stages),
+        Phase("cross-contrast", "known-warp", data, pairs, steps=cross),
+        Phase("cross-contrast-fine", "known-warp", data, pairs, steps=fine, learning_rate=1e-4, registration_cases=4),
+        Phase("own-loss", "paper", data, pairs, steps=own, learning_rate=1e-4, stages=own_stages, registration_cases=4),
+    ]
+
+
 #: ``campaign/midir-brain-3d-mind`` keeps the runs of a MIDIR curriculum whose network saw MIND-SSC
 #: descriptors (``network_inputs="mind"``): at Adam 1e-3 its training error rose above the
 #: identity's in 885 updates, at 3e-4 its output stayed at the identity through 1500 same- and 1292
@@ -97,17 +116,33 @@ class Curriculum:
 #: the cross-contrast model, made the held-out registration worse in 250 updates (2.31 -> 2.44 mm,
 #: the pre-alignment's 2.44), so a known-warp phase at a tenth of the rate runs before it.
 CURRICULA = {
-    "midir-brain-3d": Curriculum(
-        method="midir", config=dict(dim=3, spacing_mm=4.0),
-        phases=[
-            Phase("same-contrast", "known-warp", ("multicontrast", "ixi"), SAME_CONTRAST, steps=3000),
-            Phase("cross-contrast", "known-warp", ("multicontrast", "ixi"), CROSS_CONTRAST + SYNTHETIC, steps=6000),
-            # its training error flat near 3.2 mm from update 3000 at 1e-3: a tenth of the rate
-            Phase("cross-contrast-fine", "known-warp", ("multicontrast", "ixi"), CROSS_CONTRAST + SYNTHETIC,
-                  steps=2000, learning_rate=1e-4, registration_cases=4),
-            Phase("own-loss", "paper", ("multicontrast", "ixi"), CROSS_CONTRAST + SYNTHETIC, steps=3000,
-                  learning_rate=1e-4, registration_cases=4),
-        ]),
+    "midir-brain-3d": Curriculum(method="midir", config=dict(dim=3, spacing_mm=4.0),
+                                 phases=curriculum_phases(3000, 6000, 2000, 3000)),
+    # MIDIR's phases, the cross-contrast one cut where MIDIR's stopped improving (its best pairs at
+    # update 4250 of 6000).  First run (2026-12-03): the held-out pairs stayed at the identity's
+    # error through same-contrast (5.015 -> 5.008 mm in 2500 updates) and 1995 cross-contrast
+    # updates (5.004), where MIDIR had left it by update 1250; that run folder was not kept
+    "variational-brain-3d": Curriculum(method="variational", config=dict(dim=3, spacing_mm=4.0),
+                                       phases=curriculum_phases(2500, 4000, 1500, 3000)),
+    # steps are per stage: the first phase trains G1, G2 and G3 in turn (3 x 800 updates), the
+    # later ones, from a base model, G2 and G3 (the method's fine-tuning stages)
+    "hierarchical-brain-3d": Curriculum(method="hierarchical", config=dict(dim=3, spacing_mm=4.0),
+                                        phases=curriculum_phases(800, 1500, 1500, 3000)),
+    # a quarter of the paper's widths: at full width FIRE has 52 M parameters (210 MB, 7 s per
+    # 3D update on one core) and the bundled models must fit in 60 MB together; 3.9 M, 0.9 s
+    # (the paper's loss, synthesis both ways included, costs 13 s per update at these widths)
+    "fire-brain-3d": Curriculum(
+        method="fire", config=dict(dim=3, spacing_mm=4.0, synthesis_channels=(16, 32, 64), nonrigid_channels=16),
+        phases=curriculum_phases(2500, 4000, 1500, 1000)),
+    # a quarter of MUNIT's widths (163 M parameters at full width, 650 MB); two discriminator
+    # scales so the 4 mm grid (48 voxels along its shortest axis) is large enough for the paper's
+    # own loss; the known-warp phases train R only (the RDM does not take part in predict's map),
+    # the own-loss phase both of the paper's stages (the RDM first learns there)
+    "disentangled-brain-3d": Curriculum(
+        method="disentangled", config=dict(dim=3, spacing_mm=4.0, rdm_channels=16, mlp_channels=64,
+                                           discriminator_channels=16, discriminator_scales=2),
+        phases=curriculum_phases(2500, 4000, 1500, 1000, first_stages=("register",),
+                                 own_stages=("disentangle", "register"))),
 }
 #: the cases bundling chooses by: T1 moving, the deformed T2 or FLAIR of the held-out subject fixed
 BUNDLE_PAIRS = [("t2", "t1"), ("flair", "t1")]
@@ -150,6 +185,7 @@ known-warp cases, the condition for bundling (`--bundle`)."""
 def write_training_report(runs: Path, path: Path) -> Path:
     """A table of every run folder under ``runs``: updates done, seconds, and the validation
     (held-out pairs) at the start and at its best, from the runs' checkpoints."""
+    from dmmreg.methods import method_class
     from dmmreg.training.trainer import score
 
     lines = ["# Training runs of scripts/train_bundled_models.py", "",
@@ -172,7 +208,11 @@ def write_training_report(runs: Path, path: Path) -> Path:
         start = validations[0]
         last_stage = validations[-1]["stage"]
         best = min((r for r in validations if r["stage"] == last_stage), key=score)  # as the trainer chooses
-        planned = sum(job["steps"].values()) if isinstance(job["steps"], dict) else job["steps"]
+        if isinstance(job["steps"], dict):
+            planned = sum(job["steps"].values())
+        else:  # updates per stage, for each of the method's stages (its fine-tuning ones from a base model)
+            method = method_class(job["method"])
+            planned = job["steps"] * len(method.finetune_stages if job.get("base_model") else method.stages)
         cell = lambda record, key: f"{record[key]:.3f}" if key in record else "-"  # noqa: E731
         cohorts = ", ".join(Path(c).stem for c in job["cohorts"])
         registration = "-" if "registration_epe_mm" not in best else (
@@ -253,20 +293,32 @@ def phase_job(name: str, curriculum: Curriculum, index: int, cohorts: dict[str, 
     return TrainingJob(method=curriculum.method, cohorts=[str(cohorts[kind]) for kind in phase.data],
                        name=f"{name}-{phase.name}", config=dict(curriculum.config) if index == 0 else {},
                        base_model=base, contrast_pairs=phase.pairs, validation_subjects=list(MULTICONTRAST_VALIDATION),
-                       validation_pairs=8, steps=phase.steps, epoch_steps=phase.epoch_steps,
+                       validation_pairs=8, epoch_steps=phase.epoch_steps,
+                       steps=phase.steps if phase.stages is None else {stage: phase.steps for stage in phase.stages},
                        learning_rate=phase.learning_rate, learning_rate_decay_steps=phase.decay,
                        max_gradient_norm=curriculum.clip, align_contrasts=True,
                        registration_cases=phase.registration_cases, spatial=curriculum.spatial, loss=phase.loss,
                        seed=index, device="auto", output=str(phase_folder(name, phase).with_suffix(".safetensors")))
 
 
-def phase_state(name: str, phase: Phase) -> dict:
-    """Where a phase stands: finished (its model exists), updates done, validation at start and best."""
+def phase_stages(curriculum: Curriculum, index: int) -> tuple[str, ...]:
+    """The method's training stages phase ``index`` runs, ``steps`` updates each."""
+    from dmmreg.methods import method_class
+
+    phase, cls = curriculum.phases[index], method_class(curriculum.method)
+    return phase.stages or (cls.stages if index == 0 else cls.finetune_stages)
+
+
+def phase_state(name: str, curriculum: Curriculum, index: int) -> dict:
+    """Where phase ``index`` stands: finished (its model exists), updates done (all its stages),
+    validation at start and best."""
     from dmmreg.training.trainer import score
 
+    phase, stages = curriculum.phases[index], phase_stages(curriculum, index)
     folder = phase_folder(name, phase)
-    state = {"phase": phase.name, "loss": phase.loss, "pairs": phase.pairs, "planned": phase.steps, "updates": 0,
-             "seconds": 0.0, "finished": folder.with_suffix(".json").exists()}
+    state = {"phase": phase.name, "loss": phase.loss, "pairs": phase.pairs, "stages": list(stages),
+             "planned": phase.steps * len(stages), "updates": 0, "seconds": 0.0,
+             "finished": folder.with_suffix(".json").exists()}
     if (folder / "checkpoint.json").exists():
         checkpoint = json.loads((folder / "checkpoint.json").read_text())
         validations = [r for r in checkpoint["history"] if r["kind"] == "validation"]
@@ -283,8 +335,8 @@ def phase_state(name: str, phase: Phase) -> dict:
 def print_status() -> None:
     for name, curriculum in CURRICULA.items():
         print(f"{name} ({curriculum.method}, {curriculum.config})")
-        for phase in curriculum.phases:
-            state = phase_state(name, phase)
+        for index, phase in enumerate(curriculum.phases):
+            state = phase_state(name, curriculum, index)
             best, start = state.get("best", {}), state.get("start", {})
             text = "not validated yet"
             if "epe_mm" in best:
@@ -293,7 +345,7 @@ def print_status() -> None:
             if "registration_epe_mm" in best:
                 text += (f", registration {best['registration_epe_mm']:.3f} mm "
                          f"(pre-alignment {best['registration_epe_before_mm']:.3f})")
-            done = "finished" if state["finished"] else f"{state['updates']}/{phase.steps} updates"
+            done = "finished" if state["finished"] else f"{state['updates']}/{state['planned']} updates"
             print(f"  {phase.name:15s} {phase.loss:10s} {done:22s} {state['seconds'] / 60:6.1f} min  best: {text}")
 
 
@@ -306,10 +358,13 @@ def export_phase(name: str, curriculum: Curriculum, index: int, cohorts: dict[st
     if not (folder / "checkpoint.json").exists():
         return None
     checkpoint = json.loads((folder / "checkpoint.json").read_text())
-    if checkpoint["stage_step"] == 0:
+    if checkpoint["done"] == 0:
         return None
     job = phase_job(name, curriculum, index, cohorts)
-    job.steps, job.output = checkpoint["stage_step"], str(target)
+    stages, current = phase_stages(curriculum, index), checkpoint["stage_index"]
+    job.steps = {**{stage: curriculum.phases[index].steps for stage in stages[:current]},
+                 stages[current]: checkpoint["stage_step"]}
+    job.output = str(target)
     with tempfile.TemporaryDirectory() as scratch:
         copy = Path(scratch) / "run"
         shutil.copytree(folder, copy)
@@ -358,7 +413,7 @@ def bundle(cohorts: dict[str, Path], output: Path) -> None:
         contents["validation"]["registration_cases"] = [case.name for case in cases]
         target.with_suffix(".json").write_text(json.dumps(contents, indent=2) + "\n")
         describe_training(target.with_suffix(".json"), curriculum,
-                          [phase_state(name, p) for p in curriculum.phases[: index + 1]])
+                          [phase_state(name, curriculum, i) for i in range(index + 1)])
         print(f"{name}: bundled phase {curriculum.phases[index].name}: registration "
               f"{figures['registration_epe_mm']:.3f} mm (pre-alignment {figures['registration_epe_before_mm']:.3f})")
     print(write_models_readme(output))

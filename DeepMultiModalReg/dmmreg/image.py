@@ -97,12 +97,25 @@ def normalise_intensity(
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+#: above this many voxels the intensity percentiles are taken on a regular subsample of about as many
+PERCENTILE_VOXELS = 2**21
+
+
 def intensity_window(array: np.ndarray, mask: np.ndarray | None = None, lower_percentile: float = 0.5,
                      upper_percentile: float = 99.5) -> tuple[float, float]:
     """``(lo, hi)`` that :func:`normalise_intensity` maps to 0 and 1: the percentiles of the voxels
-    in ``mask``, else of those above the minimum (all voxels when none are)."""
+    in ``mask``, else of those above the minimum (all voxels when none are).  Volumes over
+    :data:`PERCENTILE_VOXELS` voxels use every k-th voxel (k = size // PERCENTILE_VOXELS), as
+    long as that leaves 10 000 voxels to count: the whole volume's selection and sort took
+    0.2 s per 240x240x155 image."""
     a = np.asarray(array, dtype=np.float32)
-    values = a[np.asarray(mask) > 0] if mask is not None else a[a > a.min()]
+    step = max(1, a.size // PERCENTILE_VOXELS)
+    values = np.empty(0, dtype=np.float32)
+    for k in dict.fromkeys((step, 1)):  # the subsample, then every voxel if it leaves too few
+        sub, chosen = a.ravel()[::k], None if mask is None else np.asarray(mask).ravel()[::k] > 0
+        values = sub[chosen] if mask is not None else sub[sub > a.min()]
+        if values.size >= 10_000:
+            break
     if values.size == 0:
         values = a.ravel()
     lo, hi = np.percentile(values, [lower_percentile, upper_percentile])

@@ -21,12 +21,12 @@ def usable_cores() -> int:
 
 
 def busy_cores(interval_s: float = 0.1) -> int:
-    """Cores other processes keep busy now: the larger of the rounded 1-minute load average and
-    the busy share of all cores over ``interval_s`` (Linux ``/proc/stat``), which sees a process
-    that started a moment ago; 1 where the system tells neither (Windows)."""
-    estimates = []
-    if hasattr(os, "getloadavg"):
-        estimates.append(round(os.getloadavg()[0]))
+    """Cores other processes keep busy now: the busy share of all cores over ``interval_s``
+    (Linux ``/proc/stat``), rounded; where the system does not tell that (macOS, Windows), the
+    rounded 1-minute load average, or 1 where neither is known.  The load average is not
+    consulted where the sample exists: it lags by a minute, so a run started just after another
+    finished counted the finished one and took one thread on an idle machine
+    (benchmarks/README.md, "Threads")."""
     try:
         def idle_and_total():
             with open("/proc/stat") as stat:
@@ -37,10 +37,12 @@ def busy_cores(interval_s: float = 0.1) -> int:
         time.sleep(interval_s)
         idle1, total1 = idle_and_total()
         if total1 > total0:
-            estimates.append(round((1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)))
+            return round((1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1))
     except (OSError, ValueError, IndexError):
         pass
-    return max(estimates) if estimates else 1
+    if hasattr(os, "getloadavg"):
+        return round(os.getloadavg()[0])
+    return 1
 
 
 #: Environment variable capping :func:`default_threads` (the Slicer modules set it for their

@@ -60,10 +60,23 @@ def test_each_phase_starts_from_the_previous_phases_model():
         assert jobs[0].base_model is None and jobs[0].config == curriculum.config
         for previous, job, phase in zip(jobs, jobs[1:], curriculum.phases[1:]):
             assert job.base_model == str(Path(previous.output).with_suffix(".json"))
-            assert job.config == {} and job.loss == phase.loss and job.steps == phase.steps
+            planned = phase.steps if phase.stages is None else {stage: phase.steps for stage in phase.stages}
+            assert job.config == {} and job.loss == phase.loss and job.steps == planned
             assert not Path(job.output).is_absolute()  # run folders move with the repository
         assert jobs[-1].loss == "paper"  # the last phase trains on the method's own loss
         # the first phase keeps its best weights by the held-out pairs (by the whole registration it
         # would keep the untrained ones), the last by the whole registration
         assert jobs[-1].registration_cases > 0 and jobs[0].registration_cases == 0
         assert all(job.validation_subjects == ["stroke"] for job in jobs)
+
+
+def test_phases_of_multi_stage_methods_count_every_stage():
+    """Hierarchical trains G1, G2, G3 in turn in its first phase and its fine-tuning stages (G2, G3)
+    afterwards; disentangled's known-warp phases run only R's stage, its own-loss phase both."""
+    script = bundling_script()
+    hierarchical, disentangled = script.CURRICULA["hierarchical-brain-3d"], script.CURRICULA["disentangled-brain-3d"]
+    assert script.phase_stages(hierarchical, 0) == ("coarse", "translation", "fine")
+    assert script.phase_stages(hierarchical, 1) == ("translation", "fine")
+    assert script.phase_stages(disentangled, 0) == ("register",)
+    assert script.phase_stages(disentangled, len(disentangled.phases) - 1) == ("disentangle", "register")
+    assert script.phase_state("hierarchical-brain-3d", hierarchical, 0)["planned"] == 3 * hierarchical.phases[0].steps

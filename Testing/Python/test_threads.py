@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 import torch
 
 from dmmreg import threads
@@ -26,6 +29,14 @@ def test_a_process_that_just_started_counts_as_busy():
         assert threads.busy_cores(interval_s=0.5) >= 1
     finally:
         loop.kill()
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc/stat")
+def test_a_process_that_just_ended_does_not_count(monkeypatch):
+    """A heavy process that ended seconds ago still weighs on the 1-minute load average; where
+    the /proc/stat sample exists the load average is not consulted."""
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1000.0, 1000.0, 1000.0))
+    assert threads.busy_cores() <= (os.cpu_count() or 1)
 
 
 def test_use_threads_sets_torch_and_an_explicit_count_wins():

@@ -174,3 +174,20 @@ def test_picture_shows_every_view_at_its_physical_aspect(oblique, tmp_path):
     np.testing.assert_allclose(shown_aspects(fig), [[1.0] * 4, [10.0] * 4, [10.0] * 4], rtol=0.02)
     save_registration_picture(volume, volume, shift, tmp_path / "picture.png")
     assert (tmp_path / "picture.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("transform", ["affine", "deformable"])
+def test_affine_stage_stops_at_2_mm_only_where_a_deformable_stage_follows(slices, transform):
+    """The 1 mm affine level runs for rigid/affine results (raw thick-slice series need it) and
+    is skipped before the deformable stage (``affine_iterations_before_deformable`` has three
+    levels), which works at 1 mm itself."""
+    case, moving = slices
+    messages = []
+    register_pair(case.fixed, moving, method="optimise", device="cpu", transform=transform,
+                  affine_iterations=(2, 2, 2, 2), affine_iterations_before_deformable=(2, 2, 2),
+                  deformable_iterations=(1, 1, 1),
+                  progress=lambda stage, fraction, message: messages.append((stage, message)))
+    affine_levels = {message.split(" mm")[0].split()[-1] for stage, message in messages if stage == "affine"}
+    assert affine_levels == ({"8", "4", "2", "1"} if transform == "affine" else {"8", "4", "2"})
+    assert any(stage == "deformable" and message.startswith("deformable 1 mm") for stage, message in messages) == (
+        transform == "deformable")

@@ -3,7 +3,8 @@
 1. Intensities normalised by robust percentiles; the moving image's centre of mass is aligned
    with the fixed one (unless an initial affine is given).
 2. Affine: rotation, scaling, shear and translation about the fixed image centre, optimised
-   with Adam on a coarse-to-fine pyramid (default 8, 4, 2, 1 mm).  A rigid transform
+   with Adam on a coarse-to-fine pyramid (default 8, 4, 2, 1 mm; 8, 4, 2 mm where the deformable
+   stage follows).  A rigid transform
    (``transform="rigid"``) optimises the rotation (three angles; one in 2D) and translation
    only, so its determinant is 1 and it neither scales nor shears; ``"rigid"`` and ``"affine"``
    stop here (no displacement field).
@@ -17,17 +18,19 @@
    images (the B-spline is smooth at the control spacing) and interpolated linearly at the
    image points, which is also how the result is written and applied.
 
-The similarity is NMI with Gaussian Parzen windows (32 bins, 30 000 voxels drawn anew at
+The similarity is NMI with Gaussian Parzen windows (32 bins, 20 000 voxels drawn anew at
 each step; eqs. 1-3) by default; LNCC and MIND-SSC can be chosen (they use the whole level image instead of samples).
 Fixed and moving masks restrict the similarity to the fixed mask and to points that map into
 the moving mask.  Without a fixed mask the samples come from the dilated foreground, background
-and scalp included, except on the rigid/affine stage's levels at or finer than
-``head_levels_mm`` (default 2 mm): there they come from the fixed image's head only
+and scalp included, except on the levels at or finer than ``head_levels_mm`` (default 2 mm) of
+the rigid and affine transforms' stage: there they come from the fixed image's head only
 (``dmmreg.image.head_mask``), weighted by ``dmmreg.image.head_weight`` (the scalp band's bright
 fat, whose edge the chemical shift moves differently in each series, down-weighted), as
 background noise and scalp pulled raw clinical series off the brain's alignment; the coarse
 levels keep the background (the head mask there sent a skull-stripped 2D slice off), and so
-does the deformable stage (benchmarks/README.md, "Raw clinical visits").  For the affine and
+do the deformable transform's affine and deformable stages (benchmarks/README.md, "Raw clinical
+visits"; on its skull-stripped known-warp cases the weighting cost 0.07 mm, on the raw series of
+one sitting it changed the result by 0.02 mm, and it costs about 0.3 s a run).  For the affine and
 deformable transforms that stage's NMI samples are also jittered across thick slices (a free
 scale otherwise fitted the interpolation between coinciding slices).  Result: the
 resampling transform ``T(p) = A(p + u(p))`` and the inverse field.
@@ -64,21 +67,31 @@ class OptimiseSettings:
     # 40 at 2 and 1 mm: with 20 and 10, Adam's last steps left raw thick-slice pairs 0.1-0.3 mm
     # apart between sampling seeds (a flat pitch of the 3 mm slices)
     affine_iterations: tuple[int, ...] = (60, 30, 40, 40)
+    # where a deformable stage follows, the affine stage runs the first levels of
+    # affine_levels_mm with these iterations (8, 4, 2 mm): its 1 mm level and the longer schedule
+    # cost 1.4 s on 240x240x155 and moved the final error by under 0.01 mm (benchmarks/README.md,
+    # "optimise"); the deformable stage works at 1 mm itself
+    affine_iterations_before_deformable: tuple[int, ...] = (40, 20, 30)
     deformable_levels_mm: tuple[float, ...] = (4.0, 2.0, 1.0)
-    deformable_iterations: tuple[int, ...] = (30, 20, 20)
-    control_spacing_mm: float = 10.0
+    deformable_iterations: tuple[int, ...] = (15, 15, 20)
+    # 12 mm control points and diffusion weight 2 (were 10 mm and 0.5): on the registration
+    # benchmark's known-warp cases the stiffer field cut the mean error by a quarter
+    # (benchmarks/README.md, "optimise": chosen on seed 0, 1.76 -> 1.28 mm over seeds 0 and 1)
+    control_spacing_mm: float = 12.0
     field_spacing_mm: float = 5.0
-    regularisation: float = 0.5
+    regularisation: float = 2.0
     integration_steps: int = 4
-    samples: int = 30_000
+    # 20 000 NMI samples and 15 steps at 4 mm (were 30 000 and 30): 21 % less time for +0.03 mm
+    # on the registration benchmark's cases (benchmarks/README.md, "optimise")
+    samples: int = 20_000
     # 32 bins (MIDIR uses 32 for its 2D cardiac task, 64 for 3D brains): 64 left too few samples
     # per joint-histogram cell on coarse 2D levels and misregistered slices; 3D results unchanged
     bins: int = 32
     margin_mm: float = 10.0
     transform: str = "deformable"  # rigid | affine | deformable (dmmreg.methods.TRANSFORMS)
     seed: int = 0
-    # rigid/affine levels at or finer than this (mm) sample the fixed head only, the outer
-    # scalp_band_mm weighted from scalp_floor up to 1 (dmmreg.image.head_weight); 0: never
+    # rigid and affine transforms: levels at or finer than this (mm) sample the fixed head only,
+    # the outer scalp_band_mm weighted from scalp_floor up to 1 (dmmreg.image.head_weight); 0: never
     head_levels_mm: float = 2.0
     scalp_band_mm: float = 10.0
     scalp_floor: float = 0.1
@@ -89,9 +102,11 @@ class OptimiseSettings:
 
 
 QUALITY_PRESETS = {
-    "fast": dict(affine_iterations=(40, 20, 10, 10), deformable_iterations=(20, 10, 10), samples=20_000),
+    "fast": dict(affine_iterations=(40, 20, 10, 10), affine_iterations_before_deformable=(40, 20, 10),
+                 deformable_iterations=(20, 10, 10), samples=20_000),
     "balanced": {},
-    "accurate": dict(affine_iterations=(100, 50, 40, 40), deformable_iterations=(80, 40, 40), samples=80_000, field_spacing_mm=3.33),
+    "accurate": dict(affine_iterations=(100, 50, 40, 40), affine_iterations_before_deformable=(100, 50, 40, 40),
+                     deformable_iterations=(80, 40, 40), samples=80_000, field_spacing_mm=3.33),
 }
 
 
@@ -155,18 +170,20 @@ def _make_levels(fixed_t, fixed: Image, fixed_mask_t, moving_t, moving: Image, s
 
 def _head_weighted(levels: dict[float, _Level], settings: OptimiseSettings) -> dict[float, _Level]:
     """``levels`` with those at or finer than ``settings.head_levels_mm`` sampling only the fixed
-    image's head, each point weighted by :func:`dmmreg.image.head_weight` (computed on the finest
-    level, resampled linearly to the others); the other levels are returned as they are."""
+    image's head, each point weighted by :func:`dmmreg.image.head_weight`, computed on the
+    coarsest of those levels (2 mm by default, where the 10 mm scalp band spans five voxels; on
+    the 1 mm level of a 240x240x155 volume its distance transform and hole filling took 2.8 s)
+    and resampled linearly to the finer ones; the other levels are returned as they are."""
     chosen = [spacing for spacing in levels if spacing <= settings.head_levels_mm]
     if not chosen:
         return levels
-    finest = levels[min(chosen)]
-    weight = _tensor(head_weight(finest.fixed[0, 0].cpu().numpy(), finest.fixed_geometry.spacing, settings.scalp_band_mm,
-                                 settings.scalp_floor), finest.fixed.device)
+    coarsest = levels[max(chosen)]
+    weight = _tensor(head_weight(coarsest.fixed[0, 0].cpu().numpy(), coarsest.fixed_geometry.spacing,
+                                 settings.scalp_band_mm, settings.scalp_floor), coarsest.fixed.device)
     weighted = dict(levels)
     for spacing in chosen:
         lv = levels[spacing]
-        w = spatial.resample_image(weight, finest.fixed_geometry, lv.fixed_geometry).reshape(-1)
+        w = spatial.resample_image(weight, coarsest.fixed_geometry, lv.fixed_geometry).reshape(-1)
         keep = w >= settings.scalp_floor / 2  # the head mask, its edge as resampled
         points = spatial.grid_points(lv.fixed_geometry, device=lv.fixed.device).reshape(-1, lv.fixed_geometry.dim)
         weighted[spacing] = replace(lv, points=points[keep], values=lv.fixed.reshape(-1)[keep], point_weights=w[keep])
@@ -175,14 +192,11 @@ def _head_weighted(levels: dict[float, _Level], settings: OptimiseSettings) -> d
 
 def _foreground(image: torch.Tensor, radius: int, threshold: float = 0.02) -> torch.Tensor:
     """Voxels brighter than ``threshold`` (normalised intensity), dilated by ``radius`` voxels
-    (separable max filter) so the object's boundary and a band of background stay in."""
+    (a separable box sum of shifted copies, :func:`dmmreg.spatial.smooth_axis`, then > 0; torch's
+    max pooling took 0.7 s at 240x240x155) so the object's boundary and a band of background stay in."""
     mask = (image > threshold).float()
-    dim = image.ndim - 2
-    pool = torch.nn.functional.max_pool3d if dim == 3 else torch.nn.functional.max_pool2d
-    for axis in range(dim):
-        kernel, padding = [1] * dim, [0] * dim
-        kernel[axis], padding[axis] = 2 * radius + 1, radius
-        mask = pool(mask, kernel, stride=1, padding=padding)
+    for axis in range(2, image.ndim):
+        mask = spatial.smooth_axis(mask, [1.0] * (2 * radius + 1), axis)
     return mask > 0
 
 
@@ -285,8 +299,12 @@ def register_optimise(
     dim = fixed.dim
     generator = torch.Generator().manual_seed(settings.seed)
 
+    deformable = settings.transform == "deformable" and sum(settings.deformable_iterations) > 0
+    affine_schedule = list(zip(settings.affine_levels_mm, settings.affine_iterations_before_deformable if deformable
+                               else settings.affine_iterations))
     report("preprocess", 0.0, "normalising intensities and building the image pyramid")
-    levels_mm = sorted(set(settings.affine_levels_mm) | set(settings.deformable_levels_mm), reverse=True)
+    levels_mm = sorted({spacing for spacing, _ in affine_schedule} | set(settings.deformable_levels_mm if deformable else ()),
+                       reverse=True)
     levels = _prepare_levels(fixed, moving, fixed_mask, moving_mask, levels_mm, device)
 
     if initial_affine is None:
@@ -307,12 +325,11 @@ def register_optimise(
         p = {name: value.to(dtype) for name, value in params.items()}
         return initial.to(dtype) @ spatial.affine_matrix(centre, p["translation"], p["angles"], p.get("log_scale"), p.get("shear"))
 
-    deformable = settings.transform == "deformable"
-    total_steps = sum(settings.affine_iterations) + (sum(settings.deformable_iterations) if deformable else 0)
+    total_steps = sum(n for _, n in affine_schedule) + (sum(settings.deformable_iterations) if deformable else 0)
     done = 0
-    affine_levels = levels if fixed_mask is not None else _head_weighted(
-        {spacing: levels[spacing] for spacing in settings.affine_levels_mm}, settings)
-    for spacing, iterations in zip(settings.affine_levels_mm, settings.affine_iterations):
+    affine_levels = levels if fixed_mask is not None or deformable else _head_weighted(
+        {spacing: levels[spacing] for spacing, _ in affine_schedule}, settings)
+    for spacing, iterations in affine_schedule:
         similarity = _Similarity(settings.similarity, affine_levels[spacing], settings.samples, settings.bins, generator,
                                  thick_slice_jitter=settings.thick_slice_jitter and not rigid)
         base = [AFFINE_LEARNING_RATES[name] * spacing for name in params]
@@ -336,7 +353,7 @@ def register_optimise(
         method="optimise",
         settings=asdict(settings),
     )
-    if deformable and sum(settings.deformable_iterations) > 0:
+    if deformable:
         _deformable_stage(result, levels, settings, affine.float(), generator, report, done, total_steps, device)
     result.seconds = time.perf_counter() - start
     report("done", 1.0, f"registration finished in {result.seconds:.1f} s")
