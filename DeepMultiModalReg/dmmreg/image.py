@@ -109,11 +109,10 @@ def intensity_window(array: np.ndarray, mask: np.ndarray | None = None, lower_pe
     long as that leaves 10 000 voxels to count: the whole volume's selection and sort took
     0.2 s per 240x240x155 image."""
     a = np.asarray(array, dtype=np.float32)
-    step = max(1, a.size // PERCENTILE_VOXELS)
-    values = np.empty(0, dtype=np.float32)
+    step, lowest = max(1, a.size // PERCENTILE_VOXELS), a.min()
     for k in dict.fromkeys((step, 1)):  # the subsample, then every voxel if it leaves too few
-        sub, chosen = a.ravel()[::k], None if mask is None else np.asarray(mask).ravel()[::k] > 0
-        values = sub[chosen] if mask is not None else sub[sub > a.min()]
+        sub = a.ravel()[::k]
+        values = sub[np.asarray(mask).ravel()[::k] > 0] if mask is not None else sub[sub > lowest]
         if values.size >= 10_000:
             break
     if values.size == 0:
